@@ -1,0 +1,1 @@
+"""Delivery: finished bytes to disk or to an SMTP server."""

@@ -1,0 +1,78 @@
+"""Crash-safe file writes: a file is either absent or complete, never half."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` (and parents) with owner-only access; return it."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    path.chmod(DIR_MODE)
+    return path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file, fsync and rename.
+
+    A reader, or a rerun after a crash, sees either the old file or the new one.
+    The temp file lives in the same folder so the rename stays on one file system.
+    """
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it, so a crash loses at most that line.
+
+    A line is written with one `write` call on an O_APPEND descriptor; a crash in
+    the middle can leave a torn last line, which `read_jsonl` skips.
+    """
+    line = (json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read the complete rows of a JSON-lines file; a torn last line is dropped."""
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    for raw in path.read_bytes().splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            break
+        rows.append(json.loads(raw))
+    return rows
