@@ -27,6 +27,9 @@ GROUP_SIZE = GROUP_DATA + 1
 GROUPS = (DATA_SYMBOLS + WHOLE_CHECK_SYMBOLS) // GROUP_DATA
 CODE_LENGTH = GROUPS * GROUP_SIZE
 SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013\u2014\u2212_.]+")
+# Only ASCII letters are folded: str.upper would turn a Turkish dotless i into
+# I and so into 1, and other letters into several.
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 # GF(32) built on x^5 + x^2 + 1; alpha = x generates all 31 non-zero elements.
 _EXP = [0] * 62
@@ -111,7 +114,7 @@ def format_code(eak: Eak) -> str:
 
 def normalize(text: str) -> str:
     """Uppercase, drop separators, read I and L as 1 and O as 0."""
-    cleaned = SEPARATORS.sub("", text).upper()
+    cleaned = SEPARATORS.sub("", text).translate(_ASCII_UPPER)
     return cleaned.replace("I", "1").replace("L", "1").replace("O", "0")
 
 
@@ -124,7 +127,7 @@ def parse_code(text: str) -> Eak:
 
     failing = _failing_groups(symbols)
     if len(symbols) != CODE_LENGTH:
-        near = failing[0] if failing else len(symbols) // GROUP_SIZE + 1
+        near = failing[0] if failing else min(len(symbols) // GROUP_SIZE + 1, GROUPS)
         raise MalformedCodeError(
             f"the code has {len(symbols)} characters; an account code has "
             f"{CODE_LENGTH} ({GROUPS} groups of {GROUP_SIZE}). A character seems "

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from pipeline.errors import MalformedCodeError
-from pipeline.keys.code import ALPHABET, b32decode, b32encode, parse_code
+from pipeline.keys.code import (
+    _ASCII_UPPER,
+    ALPHABET,
+    b32decode,
+    b32encode,
+    parse_code,
+)
 from pipeline.keys.eak import EAK_SIZE, Eak
 
 # Crockford Base32 uses only characters of QR alphanumeric mode; at error
@@ -20,12 +26,12 @@ def format_payload(eak: Eak) -> str:
 
 def is_payload(text: str) -> bool:
     """True when `text` looks like a QR payload rather than a typed account code."""
-    head = text.strip().upper()
+    head = text.strip().translate(_ASCII_UPPER)
     return head.startswith("KM") and ":" in head[:6]
 
 
 def parse_payload(text: str) -> Eak:
-    payload = text.strip().upper()
+    payload = text.strip().translate(_ASCII_UPPER)
     if not payload.startswith(PREFIX):
         prefix = payload.split(":", 1)[0][:8]
         raise MalformedCodeError(
