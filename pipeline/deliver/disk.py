@@ -13,9 +13,13 @@ DIR_MODE = 0o700
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create `path` (and parents) with owner-only access; return it."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    path.chmod(DIR_MODE)
+    """Create `path` (and parents) with owner-only access; return it.
+
+    A folder that already exists keeps its mode: it may be shared, like /tmp.
+    """
+    if not path.is_dir():
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        path.chmod(DIR_MODE)
     return path
 
 
@@ -76,3 +80,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             break
         rows.append(json.loads(raw))
     return rows
+
+
+def repair_jsonl(path: Path) -> None:
+    """Cut a torn last line (a crash mid-append) so the next append starts clean."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+            os.fsync(handle.fileno())

@@ -1,0 +1,140 @@
+"""Records: streaming reads, one clear reason per bad record, passwords kept out."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import RecordError, UsageError
+from pipeline.records import (
+    DuplicateFilter,
+    SecretsFile,
+    read_rows,
+    scratch_db,
+    validate,
+)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+GOOD = {
+    "account_id": "0b7e1f0a-5d0c-4a38-9a53-1d1c4b7a2e01",
+    "email": "a@example.com",
+    "name": "Ann",
+    "password": "CANARY-records-pw",
+}
+
+
+def reason(row: dict[str, object], **extra: object) -> tuple[str, str]:
+    with pytest.raises(RecordError) as caught:
+        validate(7, {**row, **extra})
+    assert caught.value.line == 7
+    assert "CANARY" not in str(caught.value)
+    return caught.value.field, caught.value.reason
+
+
+def test_a_good_record() -> None:
+    record = validate(2, GOOD)
+    assert record.account_id == uuid.UUID(GOOD["account_id"])
+    assert record.locale == "en"
+    assert "CANARY" not in repr(record)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"email": "bob@"}, "email", "not an address: 'bob@'"),
+        ({"account_id": "../../etc/passwd"}, "account_id", "not a UUID"),
+        ({"account_id": "0B7E1F0A5D0C4A389A531D1C4B7A2E01"}, "account_id", "canonical"),
+        ({"password": ""}, "password", "missing"),
+        ({"name": "Eve\r\nBcc: x@example.com"}, "name", "control character"),
+        ({"name": "Eve\u2028Bcc"}, "name", "line break"),
+        ({"email": "a@example.com\n"}, "email", "control character"),
+        ({"name": "N" * 201}, "name", "too long: 201"),
+        ({"password": "p" * 2000}, "password", "too long"),
+        ({"locale": "en_US.UTF-8"}, "locale", "language tag"),
+        ({"password": "", "encrypted_key": "KM1:NOTACODE"}, "encrypted_key", "QR"),
+        ({"encrypted_key": "ABC"}, "encrypted_key", "not both"),
+        ({"name": 5}, "name", "must be text"),
+        ({"colour": "blue"}, "colour", "unknown field"),
+    ],
+)
+def test_each_bad_field_is_named_with_a_reason(
+    change: dict[str, object], field: str, words: str
+) -> None:
+    found_field, found_reason = reason(GOOD, **change)
+    assert found_field == field
+    assert words in found_reason
+
+
+def test_bad_fixture_rows_are_read_with_their_lines() -> None:
+    rows = list(read_rows(FIXTURES / "bad-accounts.csv"))
+    lines = [line for line, _ in rows]
+    # The record with a quoted line break spans lines 7 and 8.
+    assert lines == [2, 3, 4, 5, 6, 7, 9, 10, 11, 12]
+
+
+def test_jsonl_reports_broken_lines_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        json.dumps(GOOD).encode()
+        + b"\n{not json\n[1, 2]\n\xff\xfe\n\n"
+        + json.dumps(GOOD).encode()
+    )
+    rows = list(read_rows(path))
+    assert [line for line, _ in rows] == [1, 2, 3, 4, 6]
+    errors = [row for _, row in rows if isinstance(row, RecordError)]
+    assert [error.reason.split(":")[0] for error in errors] == [
+        "not valid JSON",
+        "not a JSON object",
+        "not UTF-8 text",
+    ]
+
+
+def test_unknown_csv_column_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("account_id,email,nickname\n")
+    with pytest.raises(UsageError, match="nickname"):
+        list(read_rows(path))
+
+
+def test_duplicates_by_id_and_by_email(tmp_path: Path) -> None:
+    seen = DuplicateFilter(scratch_db(tmp_path / "s.db"))
+    seen.check(validate(2, GOOD))
+    with pytest.raises(RecordError, match="duplicate of record 2") as caught:
+        seen.check(validate(3, {**GOOD, "email": "b@example.com"}))
+    assert caught.value.field == "account_id"
+    other = {**GOOD, "account_id": str(uuid.uuid4()), "email": "A@example.com"}
+    with pytest.raises(RecordError, match="duplicate of record 2") as caught:
+        seen.check(validate(4, other))
+    assert caught.value.field == "email"
+
+
+def test_secrets_file_gives_passwords_by_account(tmp_path: Path) -> None:
+    secrets = SecretsFile(FIXTURES / "secrets.csv", scratch_db(tmp_path / "s.db"))
+    first = next(
+        line for line in (FIXTURES / "accounts.jsonl").read_text().splitlines()
+    )
+    account_id = uuid.UUID(json.loads(first)["account_id"])
+    assert secrets.password(account_id) == "COBOL-was-a-good-idea-1959"
+    assert secrets.password(uuid.uuid4()) is None
+    secrets.close()
+    assert b"COBOL" not in (tmp_path / "s.db").read_bytes()
+
+
+def test_reading_is_a_stream(tmp_path: Path) -> None:
+    """Peak memory while reading 20,000 records is that of a few records."""
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as handle:
+        for _ in range(20_000):
+            handle.write(json.dumps({**GOOD, "account_id": str(uuid.uuid4())}) + "\n")
+
+    tracemalloc.start()
+    count = sum(1 for _ in read_rows(path))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert count == 20_000
+    assert peak < 256 * 1024, peak
