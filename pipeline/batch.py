@@ -1,0 +1,524 @@
+"""A batch: one records file in, one folder of emails out, safe to kill and resume.
+
+The parent process reads and validates records as a stream and owns every
+durable write that commits an account (registry row, then manifest line);
+worker processes wrap, render and write the artifacts. An account is done when
+its manifest line exists; a rerun with `resume=True` skips exactly those.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__, keys
+from pipeline.config import Settings
+from pipeline.deliver.disk import (
+    append_jsonl,
+    atomic_write,
+    ensure_dir,
+    read_jsonl,
+    repair_jsonl,
+)
+from pipeline.errors import (
+    BatchError,
+    CodeError,
+    KeymailError,
+    RecordError,
+    RenderError,
+)
+from pipeline.keys import kdf
+from pipeline.keys.kdf import KdfParams
+from pipeline.produce import STAGES, Account, Producer, _timed, manifest_row
+from pipeline.records import (
+    AccountRecord,
+    DuplicateFilter,
+    SecretsFile,
+    read_rows,
+    scratch_db,
+    validate,
+)
+from pipeline.registry import Registry
+from pipeline.render.context import Reason
+
+log = logging.getLogger("pipeline.batch")
+
+MANIFEST = "manifest.jsonl"
+REJECTS = "rejects.jsonl"
+BATCH_FILE = "batch.json"
+LOCK_FILE = ".lock"
+SCRATCH = ".scratch.sqlite3"
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything a batch run needs; the CLI fills it from options."""
+
+    records: Path
+    out: Path
+    registry: Path
+    settings: Settings = field(default_factory=Settings)
+    templates: Path | None = None
+    secrets: Path | None = None
+    workers: int = 1
+    kdf_params: KdfParams = kdf.DEFAULT
+    resume: bool = False
+    limit: int | None = None
+    issued: dt.date | None = None
+
+
+@dataclass
+class BatchSummary:
+    """What a run did; `as_dict` is the JSON summary."""
+
+    batch_id: str
+    out: str
+    generated: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    largest_html_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.rejected == 0 and self.failed == 0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["records_per_second"] = round(self.records_per_second, 2)
+        data["seconds"] = round(self.seconds, 3)
+        data["stage_ms"] = {k: round(v, 2) for k, v in self.stage_ms.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class Job:
+    """One account's work for a worker: everything pickles, nothing is shared."""
+
+    line: int
+    account: Account
+    password: str | None = field(repr=False)
+    eak: bytes | None = field(repr=False)
+    issued: dt.date
+    now: dt.datetime
+    params: KdfParams
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A worker's answer: the manifest row to commit, or why the account failed."""
+
+    line: int
+    account_id: str
+    row: dict[str, Any] | None = None
+    state: keys.AccountState | None = None
+    account: Account | None = None
+    error_field: str = ""
+    error: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+Progress = Callable[[str, int], None]
+
+
+def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchSummary:
+    """Generate the emails of every valid record; see the module docstring."""
+    out = options.out
+    batch = _open_batch(options)
+    summary = BatchSummary(batch_id=batch["batch_id"], out=str(out))
+    lock = _lock(out)
+    started = time.perf_counter()
+    try:
+        with Registry(options.registry) as registry:
+            runner = _Runner(options, batch["batch_id"], registry, summary, progress)
+            runner.run()
+    finally:
+        os.close(lock)
+        (out / SCRATCH).unlink(missing_ok=True)
+    summary.seconds = time.perf_counter() - started
+    log.info(
+        "batch %s: %d generated, %d skipped, %d rejected, %d failed in %.1f s",
+        summary.batch_id,
+        summary.generated,
+        summary.skipped,
+        summary.rejected,
+        summary.failed,
+        summary.seconds,
+    )
+    return summary
+
+
+def count_records(path: Path) -> int:
+    """Number of non-blank lines (less the CSV header): the progress bar's total."""
+    with path.open("rb") as handle:
+        lines = sum(1 for raw in handle if raw.strip())
+    return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
+
+
+class _Runner:
+    """The parent's loop: validate, submit, commit in completion order."""
+
+    def __init__(
+        self,
+        options: BatchOptions,
+        batch_id: str,
+        registry: Registry,
+        summary: BatchSummary,
+        progress: Progress | None,
+    ) -> None:
+        self.options = options
+        self.batch_id = batch_id
+        self.registry = registry
+        self.summary = summary
+        self.progress = progress or (lambda event, line: None)
+        self.out = options.out
+        self.done = {row["account_id"] for row in read_jsonl(self.out / MANIFEST)}
+        self.rejected_before = {
+            (row["line"], row["field"]) for row in read_jsonl(self.out / REJECTS)
+        }
+        self.issued = options.issued or dt.datetime.now(dt.UTC).date()
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> None:
+        scratch = scratch_db(self.out / SCRATCH)
+        duplicates = DuplicateFilter(scratch)
+        secrets = (
+            SecretsFile(self.options.secrets, scratch) if self.options.secrets else None
+        )
+        try:
+            jobs = self._jobs(duplicates, secrets)
+            if self.options.workers <= 1:
+                self._run_inline(jobs)
+            else:
+                self._run_pool(jobs)
+        finally:
+            if secrets is not None:
+                secrets.close()
+            scratch.close()
+        generated = max(self.summary.generated, 1)
+        self.summary.stage_ms = {
+            stage: self.timings[stage] / generated
+            for stage in STAGES
+            if stage in self.timings
+        }
+
+    def _jobs(
+        self, duplicates: DuplicateFilter, secrets: SecretsFile | None
+    ) -> Iterator[Job]:
+        submitted = 0
+        for line, row in read_rows(self.options.records):
+            if self.options.limit is not None and submitted >= self.options.limit:
+                return
+            try:
+                if isinstance(row, RecordError):
+                    raise row
+                record = self._validate(line, row, secrets)
+                duplicates.check(record)
+                if str(record.account_id) in self.done:
+                    self.summary.skipped += 1
+                    self.progress("skipped", line)
+                    continue
+                job = self._job(record)
+            except RecordError as exc:
+                self._reject(exc.line, exc.field, exc.reason, str(row_id(row)))
+                continue
+            submitted += 1
+            yield job
+
+    def _validate(
+        self, line: int, row: dict[str, Any], secrets: SecretsFile | None
+    ) -> AccountRecord:
+        password = None
+        if secrets is not None and not row.get("password"):
+            try:
+                password = secrets.password(uuid.UUID(str(row.get("account_id"))))
+            except ValueError:
+                password = None
+        return validate(line, row, password)
+
+    def _job(self, record: AccountRecord) -> Job:
+        """Check the record against the registry and turn it into a Job."""
+        entry = self.registry.get(record.account_id)
+        if record.encrypted_key is not None:
+            if entry is None:
+                raise RecordError(
+                    record.line,
+                    "encrypted_key",
+                    "the account is not in the registry, so its code cannot be "
+                    "resent; generate it with a password instead",
+                )
+            try:
+                keys.check_current(record.encrypted_key, record.account_id, entry.state)
+            except CodeError as exc:
+                raise RecordError(record.line, "encrypted_key", str(exc)) from None
+        elif entry is not None and entry.written_by != self.batch_id:
+            state = entry.state
+            raise RecordError(
+                record.line,
+                "account_id",
+                f"already registered (key generation {state.key_generation}, password "
+                f"epoch {state.password_epoch}, issued {state.issued}); use `keymail "
+                "reset-password` for a new key, or give the code as encrypted_key "
+                "to resend it",
+            )
+
+        account = Account(
+            str(record.account_id), record.email, record.name, record.locale
+        )
+        eak = record.encrypted_key.to_bytes() if record.encrypted_key else None
+        return Job(
+            line=record.line,
+            account=account,
+            password=record.password,
+            eak=eak,
+            issued=self.issued,
+            now=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            params=self.options.kdf_params,
+        )
+
+    def _run_inline(self, jobs: Iterator[Job]) -> None:
+        _init_worker(self.options.settings, self.options.templates, kdf.current_floor())
+        for job in jobs:
+            self._commit(_work(job, self.out, self._state_for(job)))
+
+    def _run_pool(self, jobs: Iterator[Job]) -> None:
+        # forkserver: workers start from a clean process that has imported the
+        # renderer once, and never inherit the parent's SQLite handles or threads.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pipeline.batch"])
+        in_flight: set[Future[Outcome]] = set()
+        limit = self.options.workers * 4
+        with ProcessPoolExecutor(
+            max_workers=self.options.workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(
+                self.options.settings,
+                self.options.templates,
+                kdf.current_floor(),
+            ),
+        ) as pool:
+            for job in jobs:
+                in_flight.add(pool.submit(_work, job, self.out, self._state_for(job)))
+                if len(in_flight) >= limit:
+                    in_flight = self._drain(in_flight, FIRST_COMPLETED)
+            self._drain(in_flight, "ALL_COMPLETED")
+
+    def _drain(self, futures: set[Future[Outcome]], how: str) -> set[Future[Outcome]]:
+        finished, pending = wait(futures, return_when=how)
+        for future in finished:
+            self._commit(future.result())
+        return pending
+
+    def _state_for(self, job: Job) -> keys.AccountState | None:
+        if job.eak is None:
+            return None
+        entry = self.registry.get(uuid.UUID(job.account.account_id))
+        return entry.state if entry else None
+
+    def _commit(self, outcome: Outcome) -> None:
+        """Registry first, manifest last: the manifest line is the commit point."""
+        for stage, ms in outcome.timings_ms.items():
+            self.timings[stage] = self.timings.get(stage, 0.0) + ms
+        if outcome.row is None or outcome.state is None:
+            self.summary.failed += 1
+            self._reject(
+                outcome.line, outcome.error_field, outcome.error, outcome.account_id
+            )
+            return
+
+        if outcome.row["reason"] != "resend":
+            account = outcome.account
+            assert account is not None
+            self.registry.put(
+                outcome.state,
+                account.email,
+                account.name,
+                account.locale,
+                self.batch_id,
+            )
+        append_jsonl(self.out / MANIFEST, outcome.row)
+        self.summary.generated += 1
+        self.summary.largest_html_bytes = max(
+            self.summary.largest_html_bytes, outcome.row["html_bytes"]
+        )
+        self.progress("generated", outcome.line)
+
+    def _reject(self, line: int, field_name: str, reason: str, account_id: str) -> None:
+        if field_name not in ("render", "template", "internal"):
+            self.summary.rejected += 1
+        log.warning("record %d: field %r: %s", line, field_name, reason)
+        if (line, field_name) not in self.rejected_before:
+            row = {"line": line, "account_id": account_id, "field": field_name}
+            append_jsonl(self.out / REJECTS, {**row, "reason": reason})
+        self.progress("rejected", line)
+
+
+def row_id(row: object) -> str:
+    """The account_id of a raw row, if it has a readable one, for rejects.jsonl."""
+    if isinstance(row, dict):
+        value = row.get("account_id")
+        if isinstance(value, str) and len(value) <= 36:
+            return value
+    return ""
+
+
+# Worker side -------------------------------------------------------------------
+
+_producer: Producer | None = None
+
+
+def _init_worker(settings: Settings, templates: Path | None, floor: KdfParams) -> None:
+    global _producer
+    kdf._set_floor(floor)
+    _producer = Producer(settings, templates)
+
+
+def _work(job: Job, out: Path, state: keys.AccountState | None) -> Outcome:
+    """Wrap (or take the given EAK), render and write one account's email."""
+    assert _producer is not None, "worker not initialised"
+    timings: dict[str, float] = {}
+    account_id = uuid.UUID(job.account.account_id)
+    try:
+        if job.eak is None:
+            assert job.password is not None
+            with _timed(timings, "wrap"):
+                issued = keys.create(
+                    account_id, job.password, issued=job.issued, params=job.params
+                )
+            eak, state = issued.eak, issued.state
+            reason: Reason = "new"
+        else:
+            eak, reason = keys.Eak.from_bytes(job.eak), "resend"
+            if state is None:
+                raise BatchError("the account left the registry during the batch")
+        produced = _producer.produce(
+            job.account, eak, reason, out, now=job.now, timings=timings
+        )
+    except KeymailError as exc:
+        field_name = "template" if isinstance(exc, RenderError) else "render"
+        return Outcome(
+            job.line,
+            job.account.account_id,
+            error_field=field_name,
+            error=str(exc),
+            timings_ms=timings,
+        )
+    except Exception as exc:  # a bug: fail this account, keep the batch going
+        log.exception("record %d: internal error", job.line)
+        return Outcome(
+            job.line,
+            job.account.account_id,
+            error_field="internal",
+            error=f"internal error: {type(exc).__name__}",
+            timings_ms=timings,
+        )
+
+    row = manifest_row(job.line, job.account, produced, eak, reason, state.key_check)
+    return Outcome(
+        job.line,
+        job.account.account_id,
+        row=row,
+        state=state,
+        account=job.account,
+        timings_ms=timings,
+    )
+
+
+# Batch folder ------------------------------------------------------------------
+
+
+def _open_batch(options: BatchOptions) -> dict[str, Any]:
+    """Create the batch folder, or reopen it for `resume`; return batch.json."""
+    out = options.out
+    meta_path = out / BATCH_FILE
+    digest = _sha256(options.records)
+    if meta_path.exists():
+        if not options.resume:
+            raise BatchError(
+                f"{out} already holds a batch; give --resume to finish it, or "
+                "choose another --out"
+            )
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        if meta["records_sha256"] != digest:
+            raise BatchError(
+                f"{options.records.name} changed since batch {meta['batch_id']} "
+                "started; resume it with the same file, or start a new batch"
+            )
+        _sweep_temp_files(out)
+        repair_jsonl(out / MANIFEST)
+        repair_jsonl(out / REJECTS)
+        return meta
+
+    if out.exists() and any(out.iterdir()):
+        raise BatchError(f"{out} exists and is not empty; choose another --out")
+    ensure_dir(out)
+    meta = {
+        "batch_id": uuid.uuid4().hex,
+        "records": options.records.name,
+        "records_sha256": digest,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "keymail_version": __version__,
+        "templates": str(options.templates) if options.templates else "default",
+        "kdf": str(options.kdf_params),
+    }
+    atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def open_single_batch(out: Path, reason: str) -> str:
+    """A batch folder for one reissued email (change, reset, resend); its id."""
+    if out.exists() and any(out.iterdir()):
+        raise BatchError(f"{out} exists and is not empty; choose another --out")
+    ensure_dir(out)
+    meta = {
+        "batch_id": uuid.uuid4().hex,
+        "kind": reason,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "keymail_version": __version__,
+    }
+    atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return str(meta["batch_id"])
+
+
+def _lock(out: Path) -> int:
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BatchError(f"another keymail process is working on {out}") from None
+    return fd
+
+
+def _sweep_temp_files(out: Path) -> None:
+    """Remove temp files an interrupted run left behind (never a finished file)."""
+    for leftover in out.glob("**/.*.tmp"):
+        log.info("removing leftover temp file %s", leftover.name)
+        leftover.unlink()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()

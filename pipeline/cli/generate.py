@@ -1,0 +1,180 @@
+"""`keymail generate`: account records in, authentication emails out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich import progress as rich_progress
+
+from pipeline.batch import (
+    BatchOptions,
+    BatchSummary,
+    Progress,
+    count_records,
+    run_batch,
+)
+from pipeline.cli.app import Exit, app, error, fail, state, stdout
+from pipeline.config import load as load_settings
+from pipeline.errors import KeymailError, UsageError
+from pipeline.keys import kdf
+
+DEFAULT_OUTPUT = Path("output")
+
+
+@app.command("generate")
+def generate_command(
+    records: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Account records: .csv or .jsonl."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Batch folder [default: output/<records name>-<UTC time>]."
+    ),
+    registry: Path = typer.Option(
+        DEFAULT_OUTPUT / "registry.sqlite3", "--registry", help="Registry (SQLite)."
+    ),
+    secrets: Path | None = typer.Option(
+        None,
+        "--secrets",
+        exists=True,
+        dir_okay=False,
+        help="Passwords by account: CSV or JSONL with account_id,password.",
+    ),
+    templates: Path | None = typer.Option(
+        None,
+        "--templates",
+        exists=True,
+        file_okay=False,
+        help="A template folder (sandboxed); missing files come from the default.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML with product, sender, support_email, subject."
+    ),
+    product: str | None = typer.Option(None, "--product", help="Product name."),
+    sender: str | None = typer.Option(None, "--sender", help="From header."),
+    support_email: str | None = typer.Option(None, "--support-email"),
+    subject: str | None = typer.Option(
+        None, "--subject", help="Subject; may use {product} and {name}."
+    ),
+    workers: int = typer.Option(
+        os.cpu_count() or 1, "--workers", min=1, help="Worker processes."
+    ),
+    kdf_text: str = typer.Option(
+        str(kdf.DEFAULT),
+        "--kdf",
+        help="Argon2id cost m=KiB,t=iterations,p=lanes; at least m=19456,t=2,p=1.",
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Stop after this many accounts."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish an interrupted batch in --out."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Generate every account's authentication email into a batch folder.
+
+    For each account: message.eml, email.html, email.txt, kit.pdf, qr.png and
+    qr.svg under OUT/<account_id>/, a line in OUT/manifest.jsonl, and a row in
+    the registry. Bad records go to OUT/rejects.jsonl with line, field and
+    reason; the batch goes on.
+
+    Exit codes: 0 all generated, 1 some records rejected or failed, 2 usage or
+    configuration error.
+
+    \b
+    Examples:
+      keymail generate fixtures/accounts.csv --out output/demo
+      keymail generate accounts.jsonl --secrets secrets.csv --workers 4
+      keymail generate fixtures/accounts.csv --out output/demo --resume
+    """
+    try:
+        settings = load_settings(
+            config,
+            {
+                "product": product,
+                "sender": sender,
+                "support_email": support_email,
+                "subject": subject,
+            },
+        )
+        params = kdf.parse_params(kdf_text)
+        kdf.check_for_wrapping(params)
+    except UsageError as exc:
+        fail(exc)
+
+    options = BatchOptions(
+        records=records,
+        out=out or default_out(records),
+        registry=registry,
+        settings=settings,
+        templates=templates,
+        secrets=secrets,
+        workers=workers,
+        kdf_params=params,
+        resume=resume,
+        limit=limit,
+    )
+    try:
+        with progress_bar(records) as advance:
+            summary = run_batch(options, advance)
+    except KeymailError as exc:
+        fail(exc, _hint(exc))
+
+    report(summary, as_json)
+    raise typer.Exit(Exit.OK if summary.ok else Exit.FAILED)
+
+
+def default_out(records: Path) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return DEFAULT_OUTPUT / f"{records.stem}-{stamp}"
+
+
+@contextmanager
+def progress_bar(records: Path) -> Iterator[Progress | None]:
+    """A rich progress bar on a terminal; nothing when piped or with --quiet."""
+    if state.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        rich_progress.TextColumn("{task.description}"),
+        rich_progress.BarColumn(),
+        rich_progress.MofNCompleteColumn(),
+        rich_progress.TimeElapsedColumn(),
+    )
+    with rich_progress.Progress(*columns, transient=True) as bar:
+        task = bar.add_task("generating", total=count_records(records))
+
+        def advance(event: str, line: int) -> None:
+            bar.advance(task)
+
+        yield advance
+
+
+def report(summary: BatchSummary, as_json: bool) -> None:
+    if as_json:
+        stdout.print(json.dumps(summary.as_dict(), indent=2), markup=False)
+        return
+    stdout.print(
+        f"batch {summary.out}: {summary.generated} generated, {summary.skipped} "
+        f"already done, {summary.rejected} rejected, {summary.failed} failed "
+        f"in {summary.seconds:.1f} s ({summary.records_per_second:.1f} records/s)",
+        markup=False,
+    )
+    if not summary.ok:
+        error(
+            f"{summary.rejected + summary.failed} record(s) not generated; "
+            f"see {Path(summary.out) / 'rejects.jsonl'}"
+        )
+
+
+def _hint(exc: KeymailError) -> str | None:
+    if "already holds a batch" in str(exc):
+        return "keymail generate RECORDS --out DIR --resume finishes it"
+    return None

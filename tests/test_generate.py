@@ -1,0 +1,311 @@
+"""`keymail generate` end to end: real templates, WeasyPrint, QR decoding, SQLite."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hashlib
+import json
+import re
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pypdfium2
+import pytest
+import zxingcpp
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline import keys
+from pipeline.produce import ARTIFACTS
+
+from conftest import FAST_KDF, FIXTURES, invoke, write_records
+
+pytestmark = pytest.mark.usefixtures("weak_kdf")
+SEPARATORS = re.compile(r"[\s\-\u2010\u00ad\x02]+")
+
+
+def generate(
+    cli: CliRunner, records: Path, out: Path, *extra: str
+) -> tuple[int, str, str]:
+    return invoke(
+        cli,
+        "generate",
+        str(records),
+        "--out",
+        str(out),
+        "--registry",
+        str(out.parent / "registry.sqlite3"),
+        "--kdf",
+        FAST_KDF,
+        *extra,
+    )
+
+
+def manifest(out: Path) -> list[dict[str, object]]:
+    return [
+        json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()
+    ]
+
+
+def rejects(out: Path) -> list[dict[str, object]]:
+    path = out / "rejects.jsonl"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines()]
+        if path.exists()
+        else []
+    )
+
+
+def qr_payloads(image: Image.Image) -> list[str]:
+    return [code.text for code in zxingcpp.read_barcodes(image)]
+
+
+def squash(text: str) -> str:
+    return SEPARATORS.sub("", text).upper()
+
+
+def mime_tree(part: EmailMessage) -> object:
+    if part.is_multipart():
+        return [part.get_content_type(), [mime_tree(sub) for sub in part.iter_parts()]]  # type: ignore[arg-type]
+    return part.get_content_type()
+
+
+EXPECTED_TREE = [
+    "multipart/mixed",
+    [
+        [
+            "multipart/alternative",
+            ["text/plain", ["multipart/related", ["text/html", "image/png"]]],
+        ],
+        "application/pdf",
+    ],
+]
+
+
+def test_generate_writes_every_artifact_that_round_trips(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "batch"
+    code, stdout, stderr = generate(
+        cli, FIXTURES / "accounts.csv", out, "--workers", "2"
+    )
+
+    assert (code, stderr) == (0, "")
+    assert "8 generated" in stdout
+    rows = manifest(out)
+    assert len(rows) == 8
+    for row in rows:
+        folder = out / str(row["account_id"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted(ARTIFACTS)
+        check_account(folder, row)
+
+
+def check_account(folder: Path, row: dict[str, object]) -> None:
+    artifacts = row["artifacts"]
+    assert isinstance(artifacts, dict)
+    for name, meta in artifacts.items():
+        data = (folder / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == meta["sha256"]
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+    # The QR: from qr.png and from the kit rendered to pixels.
+    payload = qr_payloads(Image.open(folder / "qr.png"))[0]
+    eak = keys.parse_payload(payload)
+    pdf = pypdfium2.PdfDocument(folder / "kit.pdf")
+    assert len(pdf) == 1
+    page = pdf[0]
+    assert qr_payloads(page.render(scale=150 / 72).to_pil()) == [payload]
+    pdf_text = page.get_textpage().get_text_range()
+    pdf.close()
+
+    # The account code: in the PDF text and in both bodies.
+    code = squash(keys.format_code(eak))
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+        (folder / "message.eml").read_bytes()
+    )
+    assert isinstance(message, EmailMessage)
+    assert mime_tree(message) == EXPECTED_TREE
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    for body in (pdf_text, text.get_content(), html.get_content()):
+        assert code in squash(body)
+    assert "data:" not in html.get_content()
+    assert message["Message-ID"] == row["message_id"]
+    assert message["To"].addresses[0].addr_spec == row["email"]
+    assert eak.header.key_generation == row["key_generation"] == 1
+
+
+def test_registry_holds_state_and_nothing_secret(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "batch"
+    assert generate(cli, FIXTURES / "accounts.csv", out)[0] == 0
+
+    db = sqlite3.connect(tmp_path / "registry.sqlite3")
+    rows = db.execute(
+        "SELECT account_id, key_generation, password_epoch, key_check FROM account"
+    )
+    by_id = {row[0]: row[1:] for row in rows}
+    for entry in manifest(out):
+        assert by_id[entry["account_id"]] == (1, 1, entry["key_check"])
+
+
+def test_bad_records_are_rejected_and_the_rest_generated(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "batch"
+    code, stdout, stderr = generate(cli, FIXTURES / "bad-accounts.csv", out)
+
+    assert code == 1
+    assert "2 generated" in stdout and "8 rejected" in stdout
+    assert "rejects.jsonl" in stderr
+    found = {(row["line"], row["field"]) for row in rejects(out)}
+    assert found == {
+        (3, "email"),
+        (4, "account_id"),
+        (5, "account_id"),
+        (6, "password"),
+        (7, "name"),
+        (9, "name"),
+        (10, "encrypted_key"),
+        (11, "locale"),
+    }
+    assert {row["line"] for row in manifest(out)} == {2, 12}
+    assert not (out / "..").resolve().joinpath("etc").exists()
+
+
+def test_existing_account_is_not_silently_rekeyed(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    assert generate(cli, FIXTURES / "accounts.csv", tmp_path / "one")[0] == 0
+    code, _, _ = generate(cli, FIXTURES / "accounts.csv", tmp_path / "two")
+
+    assert code == 1
+    assert {row["field"] for row in rejects(tmp_path / "two")} == {"account_id"}
+    assert "already registered" in str(rejects(tmp_path / "two")[0]["reason"])
+
+
+def test_resend_from_encrypted_key_re_renders_the_same_code(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    assert generate(cli, FIXTURES / "accounts.csv", first)[0] == 0
+    row = manifest(first)[0]
+    payload = qr_payloads(Image.open(first / str(row["account_id"]) / "qr.png"))[0]
+    records = tmp_path / "resend.jsonl"
+    record = {"account_id": row["account_id"], "email": row["email"], "name": "Again"}
+    records.write_text(json.dumps({**record, "encrypted_key": payload}) + "\n")
+
+    code, _, stderr = generate(cli, records, tmp_path / "again")
+
+    assert (code, stderr) == (0, "")
+    again = manifest(tmp_path / "again")[0]
+    assert again["reason"] == "resend"
+    assert again["message_id"] != row["message_id"]
+    new_png = tmp_path / "again" / str(row["account_id"]) / "qr.png"
+    assert qr_payloads(Image.open(new_png)) == [payload]
+
+
+def test_secrets_file_and_jsonl_records(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "batch"
+    code, _, stderr = generate(
+        cli,
+        FIXTURES / "accounts.jsonl",
+        out,
+        "--secrets",
+        str(FIXTURES / "secrets.csv"),
+    )
+    assert (code, stderr) == (0, "")
+    assert len(manifest(out)) == 4
+
+
+def test_existing_batch_needs_resume(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "batch"
+    assert generate(cli, FIXTURES / "accounts.csv", out)[0] == 0
+    code, _, stderr = generate(cli, FIXTURES / "accounts.csv", out)
+    assert code == 2
+    assert "--resume" in stderr
+
+    code, stdout, _ = generate(cli, FIXTURES / "accounts.csv", out, "--resume")
+    assert code == 0
+    assert "0 generated, 8 already done" in stdout
+    assert len(manifest(out)) == 8
+
+
+def test_canary_passwords_appear_nowhere(
+    cli: CliRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="pipeline")
+    records = tmp_path / "canary.csv"
+    write_records(records, 5, password="CANARY-{n}-s3cret-pw")
+    out = tmp_path / "batch"
+
+    code, stdout, stderr = generate(cli, records, out, "--workers", "2", "--json")
+
+    assert code == 0
+    texts = [stdout, stderr, *(record.getMessage() for record in caplog.records)]
+    blobs = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
+    blobs = [blob for blob in blobs if blob != records.read_bytes()]
+    assert len(blobs) > 5 * 6
+    for n in range(5):
+        canary = f"CANARY-{n}-s3cret-pw"
+        assert all(canary not in text for text in texts)
+        assert all(canary.encode() not in blob for blob in blobs)
+
+
+class _CountingHandler(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"body { color: red }")
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "{http}/steal.css"])
+def test_template_fetching_outside_its_folder_fails_the_record(
+    cli: CliRunner, tmp_path: Path, http_server: str, target: str
+) -> None:
+    templates = tmp_path / "theme"
+    templates.mkdir()
+    url = target.format(http=http_server)
+    (templates / "kit.html.j2").write_text(
+        f'<html><head><link rel="stylesheet" href="{url}"></head>'
+        "<body><p>{{ account_code }}</p>{{ qr_svg | safe }}</body></html>"
+    )
+    _CountingHandler.hits = 0
+    out = tmp_path / "batch"
+
+    code, _, _ = generate(
+        cli, FIXTURES / "accounts.csv", out, "--templates", str(templates)
+    )
+
+    assert code == 1
+    assert not (out / "manifest.jsonl").exists()
+    reasons = [str(row["reason"]) for row in rejects(out)]
+    assert len(reasons) == 8
+    assert all(url in reason for reason in reasons)
+    assert _CountingHandler.hits == 0
