@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.cli import inspect as _inspect  # noqa: F401  (registers commands)
+from pipeline.cli import account as _account  # noqa: F401  (registers commands)
+from pipeline.cli import generate as _generate  # noqa: F401
+from pipeline.cli import inspect as _inspect  # noqa: F401
+from pipeline.cli import send as _send  # noqa: F401
 from pipeline.cli.app import app
 
 
