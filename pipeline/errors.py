@@ -3,7 +3,8 @@
     KeymailError
     ├── UsageError                   bad option, config or input file (exit 2)
     │   ├── ConfigError              config file invalid
-    │   └── WeakKdfParametersError   wrapping refused below the KDF minimum
+    │   ├── WeakKdfParametersError   wrapping refused below the KDF minimum
+    │   └── BatchError               batch folder missing, corrupt or in use
     ├── RecordError                  one bad record: line, field, reason
     ├── CodeError                    an EAK, account code or QR payload refused;
     │   │                            the subclasses are the diagnoses, in the
@@ -20,7 +21,6 @@
     ├── KeystoreError                device keystore unreadable
     ├── RenderError                  a template or kit render failed
     │   └── FetchRefusedError        a template asked for a forbidden URL
-    ├── BatchError                   batch folder missing, corrupt or in use
     └── DeliveryError                writing or sending a message failed
         ├── SmtpConnectionError      could not connect, TLS failed
         └── SmtpAuthError            the SMTP server refused the credentials
@@ -147,7 +147,7 @@ class FetchRefusedError(RenderError):
     """A template asked for a URL outside the template folder."""
 
 
-class BatchError(KeymailError):
+class BatchError(UsageError):
     """A batch folder is missing, corrupt, or already in use."""
 
 

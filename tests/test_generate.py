@@ -135,7 +135,8 @@ def check_account(folder: Path, row: dict[str, object]) -> None:
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
     assert text is not None and html is not None
-    for body in (pdf_text, text.get_content(), html.get_content()):
+    html_text = re.sub(r"<[^>]+>", " ", html.get_content())
+    for body in (pdf_text, text.get_content(), html_text):
         assert code in squash(body)
     assert "data:" not in html.get_content()
     assert message["Message-ID"] == row["message_id"]

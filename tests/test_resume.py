@@ -23,7 +23,7 @@ MINIMUM_KDF = "m=19456,t=2,p=1"
 
 
 def keymail(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "pipeline.cli", "--quiet", *args]
 
 
 def manifest_ids(out: Path) -> list[str]:
@@ -35,7 +35,7 @@ def test_kill_then_resume_finishes_each_account_once(tmp_path: Path) -> None:
     ids = write_records(records, 24)
     out = tmp_path / "batch"
     args = ["generate", str(records), "--out", str(out), "--kdf", MINIMUM_KDF]
-    args += ["--registry", str(tmp_path / "registry.sqlite3"), "--workers", "2", "-q"]
+    args += ["--registry", str(tmp_path / "registry.sqlite3"), "--workers", "2"]
 
     # Kill the whole process group (parent and workers) once a few are done.
     child = subprocess.Popen(keymail(*args), start_new_session=True)

@@ -1,0 +1,272 @@
+"""Tests of MIME assembly: the tree, the QR by cid, headers and Message-ID."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.policy
+import random
+import re
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import pytest
+
+from pipeline.errors import RenderError
+from pipeline.message import build_message, kit_filename, make_message_id, qr_cid
+from pipeline.render import EmailContext, KitRenderer, Templates, qr_png, qr_svg
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ACCOUNT_ID = "0f8e9a3c-5b2d-4e6f-8a1b-3c5d7e9f0a2b"
+DOMAIN = "mail.example.com"
+DATE = dt.datetime(2025, 3, 14, 9, 30, tzinfo=dt.UTC)
+
+
+def make_context(seed: int = 7, **changes: object) -> EmailContext:
+    """A realistic account: a 136-character payload and 27 groups of 6."""
+    rng = random.Random(seed)
+    payload = "KM1:" + "".join(rng.choice(CROCKFORD) for _ in range(132))
+    groups = tuple("".join(rng.choice(CROCKFORD) for _ in range(6)) for _ in range(27))
+    ctx = EmailContext(
+        account_id=ACCOUNT_ID,
+        email="zoe@example.com",
+        name="Zoë Ünal-Brontë",
+        account_code="-".join(groups),
+        account_code_groups=groups,
+        qr_payload=payload,
+        issued=dt.date(2025, 3, 14),
+        key_generation=2,
+        password_epoch=3,
+        reason="reset",
+        product="Acme Vault",
+        support_email="support@example.com",
+        sender="Acme Vault <noreply@mail.example.com>",
+        subject="Your new Acme Vault account key",
+    )
+    return dataclasses.replace(ctx, **changes)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The rendered pieces of one email, as build_message takes them."""
+
+    ctx: EmailContext
+    html: str
+    text: str
+    png: bytes
+    pdf: bytes
+    message_id: str
+
+    def build(self, **changes: object) -> bytes:
+        ctx = dataclasses.replace(self.ctx, **changes)  # type: ignore[arg-type]
+        return build_message(
+            ctx, self.html, self.text, self.png, self.pdf, self.message_id, DATE
+        )
+
+
+@pytest.fixture(scope="module")
+def parts() -> Parts:
+    ctx = make_context()
+    message_id = make_message_id(
+        ctx.account_id, ctx.key_generation, ctx.password_epoch, DOMAIN
+    )
+    templates = Templates()
+    return Parts(
+        ctx=ctx,
+        html=templates.email_html(ctx, qr_cid(message_id)),
+        text=templates.email_text(ctx),
+        png=qr_png(ctx.qr_payload),
+        pdf=KitRenderer(templates).render(ctx, qr_svg(ctx.qr_payload)),
+        message_id=message_id,
+    )
+
+
+@pytest.fixture(scope="module")
+def raw(parts: Parts) -> bytes:
+    return parts.build()
+
+
+@pytest.fixture(scope="module")
+def parsed(raw: bytes) -> EmailMessage:
+    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def tree(part: EmailMessage, depth: int = 0) -> list[tuple[int, str]]:
+    """The content types of the MIME tree, depth first, with their depth."""
+    rows = [(depth, part.get_content_type())]
+    if part.is_multipart():
+        for child in part.iter_parts():
+            assert isinstance(child, EmailMessage)
+            rows.extend(tree(child, depth + 1))
+    return rows
+
+
+def find(message: EmailMessage, content_type: str) -> EmailMessage:
+    matches = [p for p in message.walk() if p.get_content_type() == content_type]
+    assert len(matches) == 1, content_type
+    part = matches[0]
+    assert isinstance(part, EmailMessage)
+    return part
+
+
+def test_the_mime_tree_is_exact(parsed: EmailMessage) -> None:
+    assert tree(parsed) == [
+        (0, "multipart/mixed"),
+        (1, "multipart/alternative"),
+        (2, "text/plain"),
+        (2, "multipart/related"),
+        (3, "text/html"),
+        (3, "image/png"),
+        (1, "application/pdf"),
+    ]
+
+
+def test_the_html_refers_to_the_image_by_its_content_id(
+    parsed: EmailMessage, parts: Parts
+) -> None:
+    html = find(parsed, "text/html").get_content()
+    image = find(parsed, "image/png")
+
+    cids = re.findall(r'src="cid:([^"]+)"', html)
+    assert cids == [image["Content-ID"].strip("<>")]
+    assert image.get_content_disposition() == "inline"
+    assert image.get_filename() == "qr.png"
+    assert image.get_content() == parts.png
+
+
+def test_the_html_has_no_data_uris(parsed: EmailMessage) -> None:
+    assert "data:" not in find(parsed, "text/html").get_content()
+
+
+def test_the_kit_is_an_attachment_with_a_safe_name(
+    parsed: EmailMessage, parts: Parts
+) -> None:
+    kit = find(parsed, "application/pdf")
+
+    assert kit.get_content_disposition() == "attachment"
+    assert kit.get_filename() == "acme-vault-kit-2025-03-14.pdf"
+    assert kit.get_content() == parts.pdf
+
+
+def test_the_kit_filename_drops_unsafe_characters() -> None:
+    ctx = make_context(product="../Acme Vault: <Ünïcode>\\")
+
+    assert kit_filename(ctx) == "acme-vault-n-code-kit-2025-03-14.pdf"
+
+
+def test_the_text_body_holds_every_code_group(
+    parsed: EmailMessage, parts: Parts
+) -> None:
+    text = find(parsed, "text/plain").get_content()
+
+    for group in parts.ctx.account_code_groups:
+        assert group in text
+
+
+def test_the_headers_round_trip(parsed: EmailMessage, parts: Parts) -> None:
+    assert parsed["From"] == parts.ctx.sender
+    assert parsed["To"].addresses[0].display_name == "Zoë Ünal-Brontë"
+    assert parsed["To"].addresses[0].addr_spec == "zoe@example.com"
+    assert parsed["Subject"] == parts.ctx.subject
+    assert parsed["Date"].datetime == DATE
+    assert parsed["Message-ID"] == parts.message_id
+    assert parsed["MIME-Version"] == "1.0"
+
+
+def test_non_ascii_headers_are_encoded(raw: bytes) -> None:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+
+    assert head.isascii()
+    assert b"=?utf-8?" in head
+
+
+def test_only_the_top_part_has_a_mime_version(parsed: EmailMessage) -> None:
+    versions = [part["MIME-Version"] for part in parsed.walk()]
+
+    assert versions[0] == "1.0"
+    assert not any(versions[1:])
+
+
+def test_a_non_ascii_domain_is_sent_as_idna(parts: Parts) -> None:
+    raw = parts.build(email="zoe@bücher.example")
+
+    parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert parsed["To"].addresses[0].domain == "xn--bcher-kva.example"
+
+
+def test_a_non_ascii_local_part_is_refused(parts: Parts) -> None:
+    with pytest.raises(RenderError, match=r'"email".*SMTPUTF8'):
+        parts.build(email="zoë@example.com")
+
+
+def test_the_same_inputs_give_the_same_bytes(parts: Parts, raw: bytes) -> None:
+    assert parts.build() == raw
+
+
+def test_the_message_id_is_deterministic() -> None:
+    first = make_message_id(ACCOUNT_ID, 2, 3, DOMAIN)
+
+    assert first == make_message_id(ACCOUNT_ID.upper(), 2, 3, DOMAIN)
+    assert first == "<km1.0f8e9a3c5b2d4e6f8a1b3c5d7e9f0a2b.g2.e3@mail.example.com>"
+    assert first != make_message_id(ACCOUNT_ID, 2, 4, DOMAIN)
+    assert first != make_message_id(ACCOUNT_ID, 3, 3, DOMAIN)
+
+
+def test_the_qr_cid_follows_the_message_id() -> None:
+    message_id = make_message_id(ACCOUNT_ID, 1, 1, DOMAIN)
+
+    assert qr_cid(message_id) == (
+        "qr.km1.0f8e9a3c5b2d4e6f8a1b3c5d7e9f0a2b.g1.e1@mail.example.com"
+    )
+
+
+@pytest.mark.parametrize(
+    ("account_id", "domain", "message"),
+    [
+        ("../../etc/passwd", DOMAIN, "account_id"),
+        (ACCOUNT_ID, "mail.example.com>\r\nBcc: x@evil", "domain"),
+        (ACCOUNT_ID, "", "domain"),
+    ],
+)
+def test_a_bad_message_id_input_is_refused(
+    account_id: str, domain: str, message: str
+) -> None:
+    with pytest.raises(RenderError, match=message):
+        make_message_id(account_id, 1, 1, domain)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "Zoë\r\nBcc: victim@example.com"),
+        ("subject", "Hello\nBcc: victim@example.com"),
+        ("sender", "Acme <noreply@example.com>\rBcc: victim@example.com"),
+        ("email", "zoe@example.com\n"),
+        ("name", "Zoë\x00"),
+        ("subject", "Hello\u2028there"),
+        ("name", "Zoë\x85"),
+    ],
+)
+def test_control_characters_in_headers_are_refused(
+    parts: Parts, field: str, value: str
+) -> None:
+    with pytest.raises(RenderError, match=f'field "{field}": control character'):
+        parts.build(**{field: value})
+
+
+def test_html_without_the_qr_reference_is_refused(parts: Parts) -> None:
+    html = parts.html.replace("cid:", "ref:")
+
+    with pytest.raises(RenderError, match="does not show the QR code"):
+        build_message(
+            parts.ctx, html, parts.text, parts.png, parts.pdf, parts.message_id, DATE
+        )
+
+
+def test_the_message_is_small(raw: bytes, parsed: EmailMessage) -> None:
+    html = find(parsed, "text/html").get_content()
+
+    assert len(html.encode()) < 90 * 1024
+    assert len(raw) < 100 * 1024
