@@ -1,0 +1,196 @@
+"""`keymail verify`: prove every artifact of a batch round-trips before sending."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.cli.app import Exit, app, error, state, stdout, usage
+from pipeline.deliver.disk import atomic_write
+from pipeline.errors import BatchError, RegistryError, UsageError
+from pipeline.records import SecretsFile, scratch_db
+from pipeline.verify import (
+    AccountResult,
+    Passwords,
+    VerifyReport,
+    table_rows,
+    to_json,
+    to_junit,
+    verify_batch,
+)
+from pipeline.verify.runner import MANIFEST
+
+DEFAULT_REGISTRY = Path("output") / "registry.sqlite3"
+
+
+@app.command("verify")
+def verify_command(
+    batch_dir: Path = typer.Argument(
+        ..., metavar="DIR", help="A batch folder made by `keymail generate`."
+    ),
+    secrets: Path | None = typer.Option(
+        None,
+        "--secrets",
+        help="Passwords by account (CSV or JSONL with account_id,password): "
+        "each EAK is unwrapped, one KDF run an account.",
+    ),
+    records: Path | None = typer.Option(
+        None,
+        "--records",
+        help="The records file of the batch; its password column is used "
+        "like --secrets.",
+    ),
+    registry: Path = typer.Option(
+        DEFAULT_REGISTRY, "--registry", help="Registry (SQLite) of the batch."
+    ),
+    json_report: Path | None = typer.Option(
+        None, "--json", help="Write the report as JSON to this file."
+    ),
+    junit_report: Path | None = typer.Option(
+        None, "--junit", help="Write the report as JUnit XML to this file."
+    ),
+    workers: int = typer.Option(
+        os.cpu_count() or 1, "--workers", min=1, help="Worker processes."
+    ),
+) -> None:
+    """Check every account of a batch by reading back what was delivered.
+
+    For each account in DIR/manifest.jsonl: the artifacts match their SHA-256;
+    message.eml has the expected MIME tree, the QR image by cid, the kit
+    attached and no data: or external URLs; the QR codes (email, qr.png,
+    qr.svg, the kit at 150 dpi, after print and scan, in dark mode) and the
+    account codes (text, HTML, kit) all hold the same EAK; that EAK matches the
+    registry and the manifest and, given a password, unwraps to the account's
+    current key. Independent decoders read everything back: zxing-cpp, pdfium
+    and the Python email parser.
+
+    Prints a table and a summary; --json and --junit write reports for CI.
+    Nothing printed or written holds a password, an account key or a code.
+
+    Exit codes: 0 every check passed, 1 a check failed, 2 usage error (no
+    batch folder or manifest, unreadable registry or secrets file).
+
+    \b
+    Examples:
+      keymail verify output/demo --registry output/registry.sqlite3
+      keymail verify output/demo --records fixtures/accounts.csv
+      keymail verify output/demo --secrets secrets.csv --junit verify.xml
+    """
+    for option, path in (("--secrets", secrets), ("--records", records)):
+        if path is not None and not path.is_file():
+            usage(f"{option}: no file at {path}")
+    for option, path in (("--json", json_report), ("--junit", junit_report)):
+        if path is not None and not path.parent.is_dir():
+            usage(f"{option}: no folder {path.parent} to write the report into")
+
+    try:
+        with password_lookup(secrets, records) as passwords, progress_bar() as done:
+            report = verify_batch(
+                batch_dir,
+                registry_path=registry,
+                passwords=passwords,
+                workers=workers,
+                progress=done,
+            )
+    except (BatchError, RegistryError, UsageError) as exc:
+        usage(str(exc), _hint(exc, records))
+
+    if json_report is not None:
+        atomic_write(json_report, to_json(report).encode())
+    if junit_report is not None:
+        atomic_write(junit_report, to_junit(report))
+    print_report(report)
+    raise typer.Exit(Exit.OK if report.ok else Exit.FAILED)
+
+
+@contextmanager
+def password_lookup(
+    secrets: Path | None, records: Path | None
+) -> Iterator[Passwords | None]:
+    """Passwords by account_id: the records file's column first, then --secrets.
+
+    Both files are indexed in a temporary folder, never in the batch folder,
+    and read one password at a time.
+    """
+    if secrets is None and records is None:
+        yield None
+        return
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        files = []
+        for number, path in enumerate(p for p in (records, secrets) if p):
+            db = scratch_db(scratch / f"passwords-{number}.sqlite3")
+            stack.callback(db.close)
+            lookup = SecretsFile(path, db)
+            stack.callback(lookup.close)
+            files.append(lookup)
+
+        def passwords(account_id: uuid.UUID) -> str | None:
+            for lookup in files:
+                found = lookup.password(account_id)
+                if found:
+                    return found
+            return None
+
+        yield passwords
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[AccountResult], None] | None]:
+    """A rich progress bar on a terminal; nothing when piped or with --quiet."""
+    if state.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    # No auto-refresh thread: the verify workers are forked from this process.
+    with Progress(
+        *columns, TimeElapsedColumn(), transient=True, auto_refresh=False
+    ) as bar:
+        task = bar.add_task("verifying", total=None)
+
+        def done(result: AccountResult) -> None:
+            bar.advance(task)
+            bar.refresh()
+
+        yield done
+
+
+def print_report(report: VerifyReport) -> None:
+    """The table and summary to stdout; a failure also as an error on stderr."""
+    table = Table("account", "passed", "failed", "first failure", box=None)
+    for account, passed, failures, reason in table_rows(report):
+        table.add_row(Text(account), passed, failures, Text(reason))
+    if report.accounts:
+        stdout.print(table)
+    stdout.print(report.summary(), markup=False)
+
+    failed = report.failed_accounts
+    if failed:
+        first = failed[0].first_failure
+        assert first is not None
+        error(
+            f"{len(failed)} of {len(report.accounts)} account(s) failed verification; "
+            f"first: {failed[0].account_id}: {first.name}: {first.reason}"
+        )
+    elif not report.accounts:
+        error(f"{MANIFEST} lists no account: nothing was verified")
+
+
+def _hint(exc: Exception, records: Path | None) -> str | None:
+    if isinstance(exc, BatchError) and MANIFEST in str(exc):
+        return "give the folder that `keymail generate --out` wrote"
+    if isinstance(exc, RegistryError):
+        return "give the registry the batch was generated with: --registry PATH"
+    if isinstance(exc, UsageError) and records is not None and "columns" in str(exc):
+        return "--records reads the password column of a records file"
+    return None

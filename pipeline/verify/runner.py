@@ -1,0 +1,171 @@
+"""Verify a whole batch folder: read the manifest, fan accounts out to a pool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from pipeline.deliver.disk import read_jsonl
+from pipeline.errors import BatchError
+from pipeline.registry import Registry
+from pipeline.verify.checks import AccountJob, verify_account
+from pipeline.verify.report import AccountResult, VerifyReport
+
+log = logging.getLogger("pipeline.verify")
+
+# The batch folder's contract with `keymail generate` (pipeline/batch.py).
+MANIFEST = "manifest.jsonl"
+REJECTS = "rejects.jsonl"
+BATCH_FILE = "batch.json"
+
+Passwords = Callable[[uuid.UUID], str | None]
+Progress = Callable[[AccountResult], None]
+
+
+def verify_batch(
+    batch_dir: Path,
+    *,
+    registry_path: Path,
+    passwords: Passwords | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Check every account of the manifest in `batch_dir`; see checks.py.
+
+    `passwords` maps an account_id to its password, or None when unknown; the
+    EAK is unwrapped only for accounts that have one (one KDF run each).
+    Raises BatchError for a folder without a manifest and RegistryError for a
+    missing or unreadable registry; a failed check is a result, not an error.
+    """
+    started = time.perf_counter()
+    rows = _manifest(batch_dir)
+    report = VerifyReport(
+        batch_id=_batch_id(batch_dir),
+        batch_dir=str(batch_dir),
+        rejected=len(read_jsonl(batch_dir / REJECTS)),
+    )
+    on_result = progress or (lambda result: None)
+    pool_size = max(1, min(workers or os.cpu_count() or 1, len(rows)))
+    log.info(
+        "verifying %d account(s) of %s with %d worker(s)",
+        len(rows),
+        batch_dir,
+        pool_size,
+    )
+
+    with Registry(registry_path, create=False) as registry:
+        jobs = _jobs(batch_dir, rows, registry, passwords)
+        if pool_size == 1:
+            results = _run_inline(jobs, on_result)
+        else:
+            results = _run_pool(jobs, pool_size, on_result)
+
+    report.accounts = sorted(results, key=lambda result: result.line)
+    report.seconds = time.perf_counter() - started
+    log.info("%s", report.summary())
+    return report
+
+
+def _manifest(batch_dir: Path) -> list[dict[str, Any]]:
+    if not batch_dir.is_dir():
+        raise BatchError(f"no batch folder at {batch_dir}")
+    manifest = batch_dir / MANIFEST
+    if not manifest.is_file():
+        raise BatchError(
+            f"{batch_dir} has no {MANIFEST}: give a folder made by keymail generate"
+        )
+    try:
+        return read_jsonl(manifest)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BatchError(f"{manifest} is not JSON lines: {exc}") from None
+
+
+def _batch_id(batch_dir: Path) -> str:
+    try:
+        meta = json.loads((batch_dir / BATCH_FILE).read_text())
+        return str(meta["batch_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return batch_dir.name
+
+
+def _jobs(
+    batch_dir: Path,
+    rows: list[dict[str, Any]],
+    registry: Registry,
+    passwords: Passwords | None,
+) -> Iterator[AccountJob]:
+    """One job per manifest line, with the registry row and password looked up
+    here in the parent, so workers never open the registry or a secrets file."""
+    for index, row in enumerate(rows, start=1):
+        account_id = _uuid(row.get("account_id"))
+        entry = registry.get(account_id) if account_id else None
+        password = passwords(account_id) if passwords and account_id else None
+        yield AccountJob(
+            batch_dir=batch_dir,
+            line=index,
+            row=row,
+            entry_state=entry.state if entry else None,
+            entry_email=entry.email if entry else None,
+            password=password,
+        )
+
+
+def _uuid(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def _run_inline(jobs: Iterable[AccountJob], on_result: Progress) -> list[AccountResult]:
+    results = []
+    for job in jobs:
+        results.append(_done(verify_account(job), on_result))
+    return results
+
+
+def _run_pool(
+    jobs: Iterable[AccountJob], workers: int, on_result: Progress
+) -> list[AccountResult]:
+    # fork, not forkserver or spawn: those run the main module again in every
+    # worker, and `keymail` imports the whole CLI with WeasyPrint (about 2 s a
+    # worker) that verify never uses. A forked worker starts in milliseconds
+    # with the decoders loaded; it never touches the registry connection it
+    # inherits, and the CLI's progress bar runs no thread to be caught mid-lock.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    results: list[AccountResult] = []
+    in_flight: set[Future[AccountResult]] = set()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for job in jobs:
+            in_flight.add(pool.submit(verify_account, job))
+            if len(in_flight) >= workers * 4:
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                results += [_done(future.result(), on_result) for future in finished]
+        finished, _ = wait(in_flight)
+        results += [_done(future.result(), on_result) for future in finished]
+    return results
+
+
+def _done(result: AccountResult, on_result: Progress) -> AccountResult:
+    first = result.first_failure
+    if first is None:
+        log.debug("account %s: %d checks passed", result.account_id, result.passed)
+    else:
+        log.info(
+            "account %s: %d check(s) failed, first %s: %s",
+            result.account_id,
+            result.failed,
+            first.name,
+            first.reason,
+        )
+    on_result(result)
+    return result

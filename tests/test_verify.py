@@ -1,0 +1,587 @@
+"""Verify: a fresh batch passes, every tampering is caught by the check named for it."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import email.policy
+import hashlib
+import io
+import json
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+import zxingcpp
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline import keys
+from pipeline.batch import BatchOptions, run_batch
+from pipeline.keys import _testing
+from pipeline.registry import Registry
+from pipeline.verify import CHECK_NAMES, degrade, verify_batch
+
+from conftest import FIXTURES, invoke
+
+RECORDS = FIXTURES / "accounts.csv"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One batch of the 8 fixture accounts, made once: (batch folder, registry)."""
+    root = tmp_path_factory.mktemp("made")
+    out, registry = root / "batch", root / "registry.sqlite3"
+    with _testing.weak_kdf():
+        summary = run_batch(
+            BatchOptions(
+                records=RECORDS,
+                out=out,
+                registry=registry,
+                workers=1,
+                kdf_params=_testing.FAST,
+            )
+        )
+    assert summary.generated == 8, summary
+    return out, registry
+
+
+@pytest.fixture
+def batch(made: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the made batch, to tamper with."""
+    return Path(shutil.copytree(made[0], tmp_path / "batch"))
+
+
+@pytest.fixture
+def registry(made: tuple[Path, Path]) -> Path:
+    return made[1]
+
+
+def manifest(batch: Path) -> list[dict[str, object]]:
+    lines = (batch / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def account_ids(batch: Path) -> list[str]:
+    return [str(row["account_id"]) for row in manifest(batch)]
+
+
+def passwords() -> dict[str, str]:
+    with RECORDS.open(newline="") as handle:
+        return {row["account_id"]: row["password"] for row in csv.DictReader(handle)}
+
+
+def rehash(batch: Path, account_id: str, name: str) -> None:
+    """Rewrite the manifest's SHA-256 of one artifact, as a forger would."""
+    rows = manifest(batch)
+    for row in rows:
+        if row["account_id"] == account_id:
+            data = (batch / account_id / name).read_bytes()
+            artifacts = row["artifacts"]
+            assert isinstance(artifacts, dict)
+            artifacts[name]["sha256"] = hashlib.sha256(data).hexdigest()
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (batch / "manifest.jsonl").write_text(text)
+
+
+def edit_message(
+    batch: Path, account_id: str, change: Callable[[EmailMessage], None]
+) -> None:
+    path = batch / account_id / "message.eml"
+    message = BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
+    assert isinstance(message, EmailMessage)
+    change(message)
+    path.write_bytes(message.as_bytes(policy=email.policy.SMTP))
+
+
+def find_part(message: EmailMessage, content_type: str) -> EmailMessage:
+    for part in message.walk():
+        if part.get_content_type() == content_type:
+            assert isinstance(part, EmailMessage)
+            return part
+    raise AssertionError(content_type)
+
+
+def verify_cli(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path, *extra: str
+) -> tuple[int, str, str, dict[tuple[str, str], str]]:
+    """Run `keymail verify` with a JUnit report; return exit, stdout, stderr and
+    the failures {(account_id, check): message} read back from the XML."""
+    junit = tmp_path / "verify.xml"
+    files = sorted(path.name for path in batch.rglob("*"))
+    code, out, err = invoke(
+        cli,
+        "verify",
+        str(batch),
+        "--registry",
+        str(registry),
+        "--junit",
+        str(junit),
+        "--workers",
+        "2",
+        *extra,
+    )
+    assert sorted(path.name for path in batch.rglob("*")) == files  # reads only
+    suite = ElementTree.parse(junit).getroot()  # noqa: S314  (our own report)
+    assert suite.tag == "testsuite"
+    failures = {}
+    for case in suite.iter("testcase"):
+        failure = case.find("failure")
+        if failure is not None:
+            failures[(case.get("classname", ""), case.get("name", ""))] = failure.get(
+                "message", ""
+            )
+    assert int(suite.get("failures", "-1")) == len(failures)
+    return code, out, err, failures
+
+
+# A fresh batch -------------------------------------------------------------------
+
+
+def test_a_fresh_batch_passes_every_check(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "verify.json"
+    code, out, err, failures = verify_cli(
+        cli, batch, registry, tmp_path, "--records", str(RECORDS), "--json", str(report)
+    )
+
+    assert (code, err, failures) == (0, "", {})
+    assert "8 passed, 0 failed" in out
+    data = json.loads(report.read_text())
+    assert data["ok"] is True
+    assert len(data["results"]) == 8
+    for result in data["results"]:
+        statuses = {check["name"]: check["status"] for check in result["checks"]}
+        assert list(statuses) == list(CHECK_NAMES)
+        assert set(statuses.values()) == {"pass"}, statuses
+
+
+def test_the_junit_report_has_a_testcase_per_account_and_check(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    verify_cli(cli, batch, registry, tmp_path)
+
+    junit = tmp_path / "verify.xml"
+    suite = ElementTree.parse(junit).getroot()  # noqa: S314  (our own report)
+    cases = [(c.get("classname"), c.get("name")) for c in suite.iter("testcase")]
+    expected = [(a, name) for a in account_ids(batch) for name in CHECK_NAMES]
+    assert cases == expected
+    assert suite.get("tests") == str(len(expected))
+    assert suite.get("skipped") == "8"  # eak.unwrap without passwords
+
+
+def test_the_library_reports_without_printing(
+    batch: Path, registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    by_id = passwords()
+    report = verify_batch(
+        batch,
+        registry_path=registry,
+        passwords=lambda account_id: by_id.get(str(account_id)),
+        workers=1,
+    )
+
+    assert report.ok
+    assert [a.account_id for a in report.accounts] == account_ids(batch)
+    assert all(a.check("eak.unwrap").status == "pass" for a in report.accounts)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_passwords_from_a_secrets_file(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets.csv"
+    with secrets.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["account_id", "password"])
+        writer.writerows(passwords().items())
+
+    code, _, err, failures = verify_cli(
+        cli, batch, registry, tmp_path, "--secrets", str(secrets)
+    )
+
+    assert (code, err, failures) == (0, "", {})
+
+
+# Tampering: each is caught, by the check named for it ----------------------------
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_byte_flipped_in_the_kit(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[0]
+    kit = batch / victim / "kit.pdf"
+    flip_byte(kit, len(kit.read_bytes()) // 2)
+
+    code, _, err, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert set(failures) == {
+        (victim, "artifacts.sha256"),
+        (victim, "artifacts.consistent"),  # the email's copy is not the file
+    }
+    assert "kit.pdf changed" in failures[(victim, "artifacts.sha256")]
+    assert err.startswith("keymail: error: 1 of 8 account(s) failed")
+
+
+def test_a_byte_flipped_in_the_kit_and_its_hash_rewritten(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[0]
+    kit = batch / victim / "kit.pdf"
+    flip_byte(kit, len(kit.read_bytes()) // 2)
+    rehash(batch, victim, "kit.pdf")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (victim, "artifacts.sha256") not in failures
+    assert "kit.pdf" in failures[(victim, "artifacts.consistent")]
+
+
+def test_another_accounts_kit(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim, other = account_ids(batch)[:2]
+    shutil.copyfile(batch / other / "kit.pdf", batch / victim / "kit.pdf")
+    rehash(batch, victim, "kit.pdf")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    for name in ("qr.pdf", "code.pdf"):
+        assert "different account" in failures[(victim, name)]
+    assert (victim, "qr.inline") not in failures
+    assert (victim, "eak.registry") not in failures
+
+
+@pytest.mark.parametrize("rehashed", [False, True])
+def test_another_accounts_qr_png(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path, rehashed: bool
+) -> None:
+    victim, other = account_ids(batch)[:2]
+    shutil.copyfile(batch / other / "qr.png", batch / victim / "qr.png")
+    if rehashed:
+        rehash(batch, victim, "qr.png")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert "different account" in failures[(victim, "qr.png")]
+    assert ((victim, "artifacts.sha256") in failures) is not rehashed
+    for name in ("qr.inline", "qr.pdf", "code.text", "eak.registry"):
+        assert (victim, name) not in failures
+
+
+def change_one_code_symbol(message: EmailMessage) -> None:
+    part = find_part(message, "text/plain")
+    text = part.get_content()
+    match = re.search(r"^\s+[0-9A-Z]{6}-[0-9A-Z]{2}([0-9A-Z])", text, re.MULTILINE)
+    assert match, text
+    old = match.group(1)
+    new = "7" if old != "7" else "8"
+    changed = text[: match.start(1)] + new + text[match.end(1) :]
+    part.set_content(changed, subtype="plain", charset="utf-8", cte="quoted-printable")
+
+
+def test_one_symbol_of_the_code_changed_in_the_text_body(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[3]
+    edit_message(batch, victim, change_one_code_symbol)
+    rehash(batch, victim, "message.eml")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert "group 2 looks mistyped" in failures[(victim, "code.text")]
+    for name in ("code.html", "code.pdf", "qr.inline", "mime.tree"):
+        assert (victim, name) not in failures
+
+
+def drop_the_kit(message: EmailMessage) -> None:
+    parts = message.get_payload()
+    assert isinstance(parts, list)
+    message.set_payload([p for p in parts if p.get_content_type() != "application/pdf"])
+
+
+def test_the_kit_removed_from_the_message(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[2]
+    edit_message(batch, victim, drop_the_kit)
+    rehash(batch, victim, "message.eml")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert "application/pdf" in failures[(victim, "mime.tree")]
+    assert "no PDF attachment" in failures[(victim, "mime.pdf_attached")]
+    assert (victim, "qr.pdf") not in failures  # kit.pdf itself is still fine
+
+
+def test_an_artifact_edited_after_the_manifest(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[5]
+    text = batch / victim / "email.txt"
+    text.write_text(text.read_text().replace("Hello", "Hi"))
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert "email.txt changed" in failures[(victim, "artifacts.sha256")]
+    assert "email.txt" in failures[(victim, "artifacts.consistent")]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "check"),
+    [
+        ('<img src="data:image/png;base64,iVBORw0KGgo=" alt="">', "html.no_data_uri"),
+        ('<img src="https://tracker.example/pixel.gif" alt="">', "html.no_external"),
+        ('<div style="background:url(//cdn.example/x.png)"></div>', "html.no_external"),
+        ('<img src="cid:missing@example.com" alt="">', "mime.cid"),
+    ],
+)
+def test_the_html_body_refers_to_nothing_but_cid_and_mailto(
+    cli: CliRunner,
+    batch: Path,
+    registry: Path,
+    tmp_path: Path,
+    snippet: str,
+    check: str,
+) -> None:
+    victim = account_ids(batch)[1]
+
+    def add_snippet(message: EmailMessage) -> None:
+        part = find_part(message, "text/html")
+        html = part.get_content().replace("</body>", snippet + "</body>")
+        part.set_content(html, subtype="html", charset="utf-8", cte="quoted-printable")
+
+    edit_message(batch, victim, add_snippet)
+    rehash(batch, victim, "message.eml")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (victim, check) in failures
+
+
+def transparent(png: bytes) -> bytes:
+    """The QR image with its white made transparent, as a careless theme would."""
+    grey = Image.open(io.BytesIO(png)).convert("L")
+    image = Image.new("RGBA", grey.size, (0, 0, 0, 0))
+    image.putalpha(grey.point(lambda level: 255 - level))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_transparent_qr_image_fails_in_dark_mode(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[4]
+    clear = transparent((batch / victim / "qr.png").read_bytes())
+    (batch / victim / "qr.png").write_bytes(clear)
+
+    def swap_image(message: EmailMessage) -> None:
+        part = find_part(message, "image/png")
+        cid = part["Content-ID"]
+        part.set_content(
+            clear, "image", "png", disposition="inline", filename="qr.png", cid=cid
+        )
+
+    edit_message(batch, victim, swap_image)
+    rehash(batch, victim, "message.eml")
+    rehash(batch, victim, "qr.png")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (
+        "the email's QR image, over a dark ground" in failures[(victim, "qr.dark_mode")]
+    )
+    assert (victim, "qr.quiet_zone") in failures
+    assert (victim, "qr.inline") not in failures  # on white it still reads
+
+
+def test_an_svg_without_its_white_background(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[6]
+    svg = batch / victim / "qr.svg"
+    svg.write_text(re.sub(r"<rect [^>]*/>", "", svg.read_text()))
+    rehash(batch, victim, "qr.svg")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert "white rect" in failures[(victim, "qr.svg")]
+
+
+def test_a_code_outdated_by_a_password_change(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[7]
+    moved = tmp_path / "registry.sqlite3"
+    shutil.copyfile(registry, moved)
+    with Registry(moved, create=False) as copy:
+        entry = copy.get(uuid.UUID(victim))
+        assert entry is not None
+        # A password change elsewhere: same key, the next password epoch.
+        newer = dataclasses.replace(
+            entry.state, password_epoch=entry.state.password_epoch + 1
+        )
+        copy.put(newer, entry.email, entry.name, entry.locale, "test")
+
+    code, _, _, failures = verify_cli(cli, batch, moved, tmp_path)
+
+    assert code == 1
+    assert "outdated" in failures[(victim, "eak.registry")]
+
+
+def test_a_wrong_password_fails_the_unwrap(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[0]
+    secrets = tmp_path / "secrets.csv"
+    secrets.write_text(f"account_id,password\n{victim},not-the-password\n")
+
+    code, _, _, failures = verify_cli(
+        cli, batch, registry, tmp_path, "--secrets", str(secrets)
+    )
+
+    assert code == 1
+    assert set(failures) == {(victim, "eak.unwrap")}
+    assert failures[(victim, "eak.unwrap")].startswith("wrong password")
+
+
+# Secrets never leave --------------------------------------------------------------
+
+
+def decoded_payload(png: Path) -> str:
+    found = zxingcpp.read_barcodes(Image.open(png))
+    assert len(found) == 1
+    return found[0].text
+
+
+def test_no_password_account_key_or_code_in_any_output(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    # A mix of passing, failing and wrongly-unwrapped accounts, with debug logs.
+    ids = account_ids(batch)
+    edit_message(batch, ids[3], change_one_code_symbol)
+    secrets = tmp_path / "secrets.csv"
+    known = passwords()
+    with secrets.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["account_id", "password"])
+        writer.writerows(known.items())
+        writer.writerow([ids[0], known[ids[1]]])  # the later row wins
+    report = tmp_path / "verify.json"
+
+    code, out, err, _ = verify_cli(
+        cli, batch, registry, tmp_path, "--secrets", str(secrets), "--json", str(report)
+    )
+    _, debug_out, debug_err = invoke(
+        cli, "-vv", "verify", str(batch), "--registry", str(registry), "--records",
+        str(RECORDS), "--workers", "1",
+    )  # fmt: skip
+
+    assert code == 1
+    junit = (tmp_path / "verify.xml").read_text()
+    outputs = "\n".join([out, err, debug_out, debug_err, report.read_text(), junit])
+    assert "wrong password" in junit
+    with Registry(registry, create=False) as store:
+        for account_id, password in passwords().items():
+            payload = decoded_payload(batch / account_id / "qr.png")
+            eak = keys.parse_payload(payload)
+            entry = store.get(uuid.UUID(account_id))
+            assert entry is not None
+            unlocked = keys.unlock(eak, uuid.UUID(account_id), password, entry.state)
+            for secret in (
+                password,
+                unlocked.account_key.hex(),
+                unlocked.account_key.hex().upper(),
+                payload,
+                payload[4:],
+                keys.format_code(eak),
+            ):
+                assert secret not in outputs
+
+
+# Usage errors ------------------------------------------------------------------------
+
+
+def test_usage_errors_exit_2(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a database, just bytes" * 100)
+    cases = [
+        (tmp_path / "missing", registry, "no batch folder"),
+        (empty, registry, "no manifest.jsonl"),
+        (batch, tmp_path / "none.sqlite3", "no registry"),
+        (batch, garbage, "cannot open the registry"),
+    ]
+    for folder, store, words in cases:
+        code, out, err = invoke(
+            cli, "verify", str(folder), "--registry", str(store), "--workers", "1"
+        )
+        assert (code, out) == (2, "")
+        assert err.startswith("keymail: error: ")
+        assert words in err
+
+
+# Pieces ------------------------------------------------------------------------------
+
+
+def test_print_and_scan_is_reproducible() -> None:
+    page = Image.effect_mandelbrot((120, 90), (-2, -1.2, 1, 1.2), 40).convert("L")
+
+    first = degrade.print_and_scan(page, "seed-a").tobytes()
+
+    assert degrade.print_and_scan(page, "seed-a").tobytes() == first
+    assert degrade.print_and_scan(page, "seed-b").tobytes() != first
+
+
+def test_a_crafted_manifest_line_is_a_failure_not_a_crash(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    rows = manifest(batch)
+    forged = {**rows[0], "account_id": "../../etc", "artifacts": {"kit.pdf": 5}}
+    text = "".join(json.dumps(row) + "\n" for row in [*rows, forged])
+    (batch / "manifest.jsonl").write_text(text)
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert "not a UUID" in failures[("../../etc", "manifest.row")]
+    assert {account for account, _ in failures} == {"../../etc"}
+
+
+def test_an_empty_manifest_verifies_nothing_and_fails(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    (batch / "manifest.jsonl").write_text("")
+
+    code, out, err, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert (code, failures) == (1, {})
+    assert "verified 0 account(s)" in out
+    assert "lists no account" in err
