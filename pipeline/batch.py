@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import resource
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -92,6 +93,7 @@ class BatchSummary:
     seconds: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     largest_html_bytes: int = 0
+    worker_peak_rss_mib: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -106,6 +108,7 @@ class BatchSummary:
         data["records_per_second"] = round(self.records_per_second, 2)
         data["seconds"] = round(self.seconds, 3)
         data["stage_ms"] = {k: round(v, 2) for k, v in self.stage_ms.items()}
+        data["worker_peak_rss_mib"] = round(self.worker_peak_rss_mib, 1)
         return data
 
 
@@ -131,6 +134,7 @@ class Outcome:
     row: dict[str, Any] | None = None
     state: keys.AccountState | None = None
     account: Account | None = None
+    peak_rss_kib: int = 0
     error_field: str = ""
     error: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -300,10 +304,12 @@ class _Runner:
             self._commit(_work(job, self.out, self._state_for(job)))
 
     def _run_pool(self, jobs: Iterator[Job]) -> None:
-        # forkserver: workers start from a clean process that has imported the
-        # renderer once, and never inherit the parent's SQLite handles or threads.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["pipeline.batch"])
+        # fork: workers inherit the renderer already imported here (forkserver
+        # or spawn would import WeasyPrint and the command line again, about
+        # 1 s a batch). The parent starts no thread before this (the progress
+        # bar refreshes from the callback), so no lock is copied mid-use; the
+        # workers never touch the parent's SQLite handles and end with _exit.
+        context = multiprocessing.get_context("fork")
         in_flight: set[Future[Outcome]] = set()
         limit = self.options.workers * 4
         with ProcessPoolExecutor(
@@ -338,6 +344,9 @@ class _Runner:
         """Registry first, manifest last: the manifest line is the commit point."""
         for stage, ms in outcome.timings_ms.items():
             self.timings[stage] = self.timings.get(stage, 0.0) + ms
+        self.summary.worker_peak_rss_mib = max(
+            self.summary.worker_peak_rss_mib, outcome.peak_rss_kib / 1024
+        )
         if outcome.row is None or outcome.state is None:
             self.summary.failed += 1
             self._reject(
@@ -439,6 +448,7 @@ def _work(job: Job, out: Path, state: keys.AccountState | None) -> Outcome:
         row=row,
         state=state,
         account=job.account,
+        peak_rss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         timings_ms=timings,
     )
 

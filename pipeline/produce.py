@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline import keys, message
 from pipeline.config import Settings
-from pipeline.deliver.disk import atomic_write, ensure_dir
+from pipeline.deliver.disk import atomic_write_many, ensure_dir
 from pipeline.keys import Eak
 from pipeline.render import qr
 from pipeline.render.context import EmailContext, Reason
@@ -188,14 +188,14 @@ def write_artifacts(
     out_dir: Path, account_id: str, files: dict[str, bytes]
 ) -> dict[str, dict[str, str]]:
     folder = ensure_dir(out_dir / account_id)
-    artifacts = {}
-    for name, data in files.items():
-        atomic_write(folder / name, data)
-        artifacts[name] = {
+    atomic_write_many(folder, files)
+    return {
+        name: {
             "path": f"{account_id}/{name}",
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-    return artifacts
+        for name, data in files.items()
+    }
 
 
 @contextmanager

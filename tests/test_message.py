@@ -14,7 +14,10 @@ import pytest
 
 from pipeline.errors import RenderError
 from pipeline.message import build_message, kit_filename, make_message_id, qr_cid
-from pipeline.render import EmailContext, KitRenderer, Templates, qr_png, qr_svg
+from pipeline.render.context import EmailContext
+from pipeline.render.env import Templates
+from pipeline.render.kit import KitRenderer
+from pipeline.render.qr import qr_png, qr_svg
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ACCOUNT_ID = "0f8e9a3c-5b2d-4e6f-8a1b-3c5d7e9f0a2b"

@@ -21,17 +21,17 @@ import zxingcpp
 from PIL import Image, ImageOps
 
 from pipeline.errors import FetchRefusedError, RenderError
-from pipeline.render import (
-    DEFAULT_TEMPLATES,
+from pipeline.render.context import EmailContext
+from pipeline.render.env import DEFAULT_TEMPLATES, Templates
+from pipeline.render.kit import KitRenderer
+from pipeline.render.qr import (
     ERROR_CORRECTION,
-    EmailContext,
-    KitRenderer,
-    Templates,
+    PNG_MODULE_PX,
+    QUIET_ZONE,
     qr_png,
     qr_svg,
     qr_version,
 )
-from pipeline.render.qr import PNG_MODULE_PX, QUIET_ZONE
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 QR_CID = "qr.km1.0f8e9a3c5b2d4e6f8a1b3c5d7e9f0a2b.g1.e1@mail.example.com"

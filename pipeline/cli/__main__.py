@@ -2,4 +2,6 @@
 
 from pipeline.cli import main
 
-main()
+# Guarded: worker processes import the main module again under another name.
+if __name__ == "__main__":
+    main()

@@ -6,16 +6,22 @@ import datetime as dt
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from pipeline import keys, signin
+from pipeline import keys
 from pipeline.cli.app import Exit, app, fail, stdout, usage
 from pipeline.config import load as load_settings
 from pipeline.errors import CodeError, KeymailError, UnknownAccountError, UsageError
 from pipeline.keys import kdf
 from pipeline.keystore import Keystore
 from pipeline.registry import Registry
+
+# pipeline.signin loads WeasyPrint and the decoders (about 1.5 s): the
+# commands import it when they run, so `keymail --help` stays quick.
+if TYPE_CHECKING:
+    from pipeline import signin as signin_module
 
 REGISTRY = Path("output") / "registry.sqlite3"
 
@@ -65,6 +71,8 @@ def source(
     code: str | None, qr: Path | None, pdf: Path | None, eml: Path | None
 ) -> keys.Eak | None:
     """The EAK from whichever one of --code, --qr, --pdf, --eml was given."""
+    from pipeline import signin
+
     options = (("code", code), ("qr", qr), ("pdf", pdf), ("eml", eml))
     given = [(kind, value) for kind, value in options if value is not None]
     if len(given) > 1:
@@ -91,7 +99,9 @@ def reissue_options(
     templates: Path | None,
     config: Path | None,
     kdf_text: str,
-) -> signin.Reissue:
+) -> signin_module.Reissue:
+    from pipeline import signin
+
     try:
         settings = load_settings(config, {})
         params = kdf.parse_params(kdf_text)
@@ -150,6 +160,8 @@ def unlock_command(
       keymail unlock --email ada@example.com --pdf kit.pdf --password-file pw.txt
       keymail unlock --email ada@example.com --keystore ~/.keymail-device
     """
+    from pipeline import signin
+
     given = source(code, qr, pdf, eml)
     if given is None and keystore is None:
         usage("give --code, --qr, --pdf or --eml (or --keystore with a stored code)")
@@ -201,6 +213,8 @@ def change_password_command(
       keymail change-password --email ada@example.com --qr qr.png \\
         --old-password-file old.txt --new-password-file new.txt --out output/change
     """
+    from pipeline import signin
+
     given = source(code, qr, pdf, eml)
     if given is None and keystore is not None:
         with open_registry(registry) as reg:
@@ -240,6 +254,8 @@ def reset_password_command(
     Example:
       keymail reset-password --email ada@example.com --new-password-file new.txt
     """
+    from pipeline import signin
+
     reissue = reissue_options("reset-password", out, templates, config, kdf_text)
     new = read_password(new_password_file, "new password")
     with open_registry(registry) as reg:
@@ -266,6 +282,8 @@ def resend_command(
     Example:
       keymail resend --email ada@example.com --keystore device/ --out output/resend
     """
+    from pipeline import signin
+
     reissue = reissue_options("resend", out, templates, config, str(kdf.DEFAULT))
     with open_registry(registry) as reg:
         row = run_account_command(

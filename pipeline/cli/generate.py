@@ -9,21 +9,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich import progress as rich_progress
 
-from pipeline.batch import (
-    BatchOptions,
-    BatchSummary,
-    Progress,
-    count_records,
-    run_batch,
-)
 from pipeline.cli.app import Exit, app, error, fail, state, stdout
 from pipeline.config import load as load_settings
 from pipeline.errors import KeymailError, UsageError
 from pipeline.keys import kdf
+
+if TYPE_CHECKING:  # the batch module loads WeasyPrint: only when a batch runs
+    from pipeline.batch import BatchSummary, Progress
 
 DEFAULT_OUTPUT = Path("output")
 
@@ -94,6 +91,8 @@ def generate_command(
       keymail generate accounts.jsonl --secrets secrets.csv --workers 4
       keymail generate fixtures/accounts.csv --out output/demo --resume
     """
+    from pipeline.batch import BatchOptions, run_batch
+
     try:
         settings = load_settings(
             config,
@@ -139,6 +138,8 @@ def default_out(records: Path) -> Path:
 @contextmanager
 def progress_bar(records: Path) -> Iterator[Progress | None]:
     """A rich progress bar on a terminal; nothing when piped or with --quiet."""
+    from pipeline.batch import count_records
+
     if state.quiet or not sys.stderr.isatty():
         yield None
         return
@@ -148,11 +149,14 @@ def progress_bar(records: Path) -> Iterator[Progress | None]:
         rich_progress.MofNCompleteColumn(),
         rich_progress.TimeElapsedColumn(),
     )
-    with rich_progress.Progress(*columns, transient=True) as bar:
+    # No refresh thread: batch workers are forked, and a fork must not copy a
+    # lock that another thread holds. The bar redraws from the callback.
+    with rich_progress.Progress(*columns, transient=True, auto_refresh=False) as bar:
         task = bar.add_task("generating", total=count_records(records))
 
         def advance(event: str, line: int) -> None:
             bar.advance(task)
+            bar.refresh()
 
         yield advance
 

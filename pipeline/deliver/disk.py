@@ -29,21 +29,29 @@ def atomic_write(path: Path, data: bytes) -> None:
     A reader, or a rerun after a crash, sees either the old file or the new one.
     The temp file lives in the same folder so the rename stays on one file system.
     """
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    atomic_write_many(path.parent, {path.name: data})
+
+
+def atomic_write_many(folder: Path, files: dict[str, bytes]) -> None:
+    """Atomically write several files of one folder, with one folder fsync.
+
+    Each file is complete or absent; the folder is synced once at the end
+    rather than once a file (about 1 ms each here).
+    """
+    for name, data in files.items():
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), FILE_MODE)
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(folder / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(folder)
 
 
 def fsync_dir(path: Path) -> None:
