@@ -6,6 +6,7 @@ from pipeline.cli import account as _account  # noqa: F401  (registers commands)
 from pipeline.cli import generate as _generate  # noqa: F401
 from pipeline.cli import inspect as _inspect  # noqa: F401
 from pipeline.cli import send as _send  # noqa: F401
+from pipeline.cli import verify as _verify  # noqa: F401
 from pipeline.cli.app import app
 
 
