@@ -42,7 +42,7 @@ demo: setup
 	$(BIN)/keymail generate fixtures/accounts.csv --out $(DEMO) \
 	  --registry $(DEMO)/registry.sqlite3
 	$(BIN)/keymail verify $(DEMO) --registry $(DEMO)/registry.sqlite3 \
-	  --junit $(DEMO)/verify-junit.xml
+	  --records fixtures/accounts.csv --junit $(DEMO)/verify-junit.xml
 
 # pytest exits 5 when it collected nothing: that is a failure here.
 test: setup

@@ -39,15 +39,6 @@ TEMPLATES = typer.Option(None, "--templates", exists=True, file_okay=False)
 CONFIG = typer.Option(None, "--config", help="TOML with product, sender, etc.")
 KDF = typer.Option(str(kdf.DEFAULT), "--kdf", help="Argon2id cost m=KiB,t=,p=.")
 
-DIAGNOSIS_HINTS = {
-    10: "check the code against the email or the PDF kit, or scan the QR code",
-    11: "sign in with the email address the code was sent to",
-    12: "use the authentication email that came after the password reset",
-    13: "use the newest authentication email",
-    14: "type the password again; if you changed it, use the newest email",
-    15: "contact support; never share your password or your code",
-}
-
 
 def read_password(path: Path | None, what: str) -> str:
     """A password from a file ('-' for stdin) or a hidden prompt; never an argument."""
@@ -83,7 +74,7 @@ def source(
     try:
         return signin.read_code(kind, str(value))
     except CodeError as exc:
-        fail(exc, DIAGNOSIS_HINTS.get(exc.exit_code))
+        fail(exc)
 
 
 def open_registry(path: Path) -> Registry:
@@ -122,7 +113,7 @@ def run_account_command(action: Callable[[], dict[str, object]]) -> dict[str, ob
     except UnknownAccountError as exc:
         fail(UsageError(str(exc)))
     except CodeError as exc:
-        fail(exc, DIAGNOSIS_HINTS.get(exc.exit_code))
+        fail(exc)
     except KeymailError as exc:
         fail(exc)
     return result
@@ -173,7 +164,7 @@ def unlock_command(
         except UnknownAccountError as exc:
             fail(UsageError(str(exc)))
         except CodeError as exc:
-            fail(exc, DIAGNOSIS_HINTS.get(exc.exit_code))
+            fail(exc)
         except KeymailError as exc:
             fail(exc)
 
