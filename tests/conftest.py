@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,15 @@ from pipeline.keys import _testing
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 FAST_KDF = str(_testing.FAST)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The CLI points the pipeline logger at its own stderr; undo that after."""
+    logger = logging.getLogger("pipeline")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

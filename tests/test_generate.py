@@ -25,6 +25,7 @@ from pipeline import keys
 from pipeline.produce import ARTIFACTS
 
 from conftest import FAST_KDF, FIXTURES, invoke, write_records
+from smtp_server import smtp_server
 
 pytestmark = pytest.mark.usefixtures("weak_kdf")
 SEPARATORS = re.compile(r"[\s\-\u2010\u00ad\x02]+")
@@ -241,20 +242,47 @@ def test_existing_batch_needs_resume(cli: CliRunner, tmp_path: Path) -> None:
     assert len(manifest(out)) == 8
 
 
-def test_canary_passwords_appear_nowhere(
-    cli: CliRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level("DEBUG", logger="pipeline")
+def test_canary_passwords_appear_nowhere(cli: CliRunner, tmp_path: Path) -> None:
     records = tmp_path / "canary.csv"
     write_records(records, 5, password="CANARY-{n}-s3cret-pw")
+    (tmp_path / "bad.csv").write_text(
+        "account_id,email,name,password\nnot-a-uuid,x@example.com,X,CANARY-0-s3cret-pw\n"
+    )
     out = tmp_path / "batch"
 
-    code, stdout, stderr = generate(cli, records, out, "--workers", "2", "--json")
+    # -vv sends every log record of the library, debug included, to stderr.
+    code, stdout, stderr = invoke(
+        cli,
+        "-vv",
+        "generate",
+        str(records),
+        "--out",
+        str(out),
+        "--kdf",
+        FAST_KDF,
+        "--registry",
+        str(tmp_path / "registry.sqlite3"),
+        "--workers",
+        "2",
+        "--json",
+    )
+    bad = invoke(
+        cli,
+        "-vv",
+        "generate",
+        str(tmp_path / "bad.csv"),
+        "--out",
+        str(tmp_path / "b"),
+        "--registry",
+        str(tmp_path / "registry.sqlite3"),
+    )
 
-    assert code == 0
-    texts = [stdout, stderr, *(record.getMessage() for record in caplog.records)]
+    assert (code, bad[0]) == (0, 1)
+    assert "keymail: INFO" in stderr
+    texts = [stdout, stderr, bad[1], bad[2]]
     blobs = [path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()]
-    blobs = [blob for blob in blobs if blob != records.read_bytes()]
+    inputs = {records.read_bytes(), (tmp_path / "bad.csv").read_bytes()}
+    blobs = [blob for blob in blobs if blob not in inputs]
     assert len(blobs) > 5 * 6
     for n in range(5):
         canary = f"CANARY-{n}-s3cret-pw"
@@ -310,3 +338,31 @@ def test_template_fetching_outside_its_folder_fails_the_record(
     assert len(reasons) == 8
     assert all(url in reason for reason in reasons)
     assert _CountingHandler.hits == 0
+
+
+def test_generate_and_send_in_one_run(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "batch"
+    with smtp_server() as server:
+        code, stdout, stderr = generate(
+            cli,
+            FIXTURES / "accounts.csv",
+            out,
+            "--send",
+            "--smtp",
+            server.url(),
+            "--allow-plaintext",
+        )
+        received = server.handler.ids()
+
+    assert (code, stderr) == (0, "")
+    assert "8 generated" in stdout and "sent 8, failed 0" in stdout
+    assert received == {row["message_id"]: 1 for row in manifest(out)}
+
+
+def test_smtp_options_without_send_are_refused(cli: CliRunner, tmp_path: Path) -> None:
+    code, _, stderr = generate(
+        cli, FIXTURES / "accounts.csv", tmp_path / "b", "--smtp", "smtp://127.0.0.1:25"
+    )
+    assert code == 2
+    assert "need --send" in stderr
+    assert not (tmp_path / "b").exists()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +25,6 @@ from smtp_server import (
 
 PASSWORD = "canary-5d2e81-password"
 SUMMARY_OK = "sent 3, failed 0, uncertain 0, skipped 0, pending 0\n"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """The CLI points the pipeline logger at its own stderr; undo that after."""
-    logger = logging.getLogger("pipeline")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pipeline.keys import kdf
 
 if TYPE_CHECKING:  # the batch module loads WeasyPrint: only when a batch runs
     from pipeline.batch import BatchSummary, Progress
+    from pipeline.deliver.smtp import SmtpSettings
 
 DEFAULT_OUTPUT = Path("output")
 
@@ -74,6 +75,24 @@ def generate_command(
         False, "--resume", help="Finish an interrupted batch in --out."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    send: bool = typer.Option(
+        False, "--send", help="Send the batch over SMTP once it is generated."
+    ),
+    smtp: str | None = typer.Option(
+        None, "--smtp", metavar="URL", help="With --send: smtp://[user@]host:port."
+    ),
+    smtp_password_file: Path | None = typer.Option(
+        None, "--smtp-password-file", help="With --send: the SMTP password file."
+    ),
+    allow_plaintext: bool = typer.Option(
+        False, "--allow-plaintext", help="With --send: no TLS, loopback only."
+    ),
+    cafile: Path | None = typer.Option(
+        None, "--cafile", help="With --send: trust this CA (PEM) for TLS."
+    ),
+    rate: float | None = typer.Option(
+        None, "--rate", help="With --send: at most R messages a second."
+    ),
 ) -> None:
     """Generate every account's authentication email into a batch folder.
 
@@ -85,11 +104,16 @@ def generate_command(
     Exit codes: 0 all generated, 1 some records rejected or failed, 2 usage or
     configuration error.
 
+    With --send, the batch is then sent as `keymail send` would (see its help
+    for the ledger); the SMTP options are checked before anything is generated.
+
     \b
     Examples:
       keymail generate fixtures/accounts.csv --out output/demo
       keymail generate accounts.jsonl --secrets secrets.csv --workers 4
       keymail generate fixtures/accounts.csv --out output/demo --resume
+      keymail generate fixtures/accounts.csv --send --smtp smtp://127.0.0.1:2525 \\
+          --allow-plaintext
     """
     from pipeline.batch import BatchOptions, run_batch
 
@@ -105,6 +129,9 @@ def generate_command(
         )
         params = kdf.parse_params(kdf_text)
         kdf.check_for_wrapping(params)
+        smtp_settings = _smtp_settings(
+            send, smtp, smtp_password_file, allow_plaintext, cafile
+        )
     except UsageError as exc:
         fail(exc)
 
@@ -127,7 +154,44 @@ def generate_command(
         fail(exc, _hint(exc))
 
     report(summary, as_json)
-    raise typer.Exit(Exit.OK if summary.ok else Exit.FAILED)
+    sent_ok = True
+    if smtp_settings is not None:
+        sent_ok = _send(Path(summary.out), smtp_settings, rate)
+    raise typer.Exit(Exit.OK if summary.ok and sent_ok else Exit.FAILED)
+
+
+def _smtp_settings(
+    send: bool,
+    url: str | None,
+    password_file: Path | None,
+    allow_plaintext: bool,
+    cafile: Path | None,
+) -> SmtpSettings | None:
+    if not send:
+        if url or password_file or allow_plaintext or cafile:
+            raise UsageError("--smtp and its options need --send")
+        return None
+    from pipeline.cli.send import smtp_settings
+
+    return smtp_settings(url, password_file, allow_plaintext, cafile, 30.0, False)
+
+
+def _send(batch: Path, settings: SmtpSettings, rate: float | None) -> bool:
+    """Send the batch just generated; True when every message went out."""
+    from pipeline.cli.send import print_summary, progress_bar
+    from pipeline.errors import SmtpAuthError
+    from pipeline.send import send_batch
+
+    try:
+        with progress_bar() as progress:
+            summary = send_batch(batch, settings, rate=rate, progress=progress)
+    except SmtpAuthError as exc:
+        error(str(exc), f"the batch is generated; send it later: keymail send {batch}")
+        raise typer.Exit(Exit.USAGE) from None
+    except KeymailError as exc:
+        fail(exc, f"the batch is generated; send it later: keymail send {batch}")
+    print_summary(summary)
+    return summary.ok
 
 
 def default_out(records: Path) -> Path:

@@ -143,7 +143,7 @@ def send_command(
           --smtp smtp://mailer@smtp.example.com:587 --rate 10 --json report.json
     """
     try:
-        settings = _settings(
+        settings = smtp_settings(
             smtp, password_file, allow_plaintext, cafile, timeout, dry_run
         )
         signer = _signer(dkim_key, dkim_selector, dkim_domain)
@@ -151,7 +151,7 @@ def send_command(
             _check_address(mail_from)
         if json_report is not None and not json_report.parent.is_dir():
             raise UsageError(f"--json: no folder {str(json_report.parent)!r}")
-        with _progress_bar() as progress:
+        with progress_bar() as progress:
             summary = send_batch(
                 batch,
                 settings,
@@ -173,7 +173,7 @@ def send_command(
     except KeymailError as exc:
         fail(exc)
 
-    _print_summary(summary)
+    print_summary(summary)
     if json_report is not None:
         try:
             atomic_write(json_report, report_json(summary))
@@ -183,7 +183,7 @@ def send_command(
     raise typer.Exit(Exit.OK if summary.ok else Exit.FAILED)
 
 
-def _settings(
+def smtp_settings(
     url: str | None,
     password_file: Path | None,
     allow_plaintext: bool,
@@ -246,7 +246,7 @@ def _check_address(address: str) -> None:
 
 
 @contextmanager
-def _progress_bar() -> Iterator[ProgressCallback | None]:
+def progress_bar() -> Iterator[ProgressCallback | None]:
     """A progress bar on stderr when it is a terminal and --quiet is off."""
     if state.quiet or not stderr.is_terminal:
         yield None
@@ -261,7 +261,7 @@ def _progress_bar() -> Iterator[ProgressCallback | None]:
         yield advance
 
 
-def _print_summary(summary: SendSummary) -> None:
+def print_summary(summary: SendSummary) -> None:
     for planned in summary.plan:
         stdout.print(
             f"{planned.action:<12}  {planned.recipient}  {planned.message_id}  "
