@@ -571,3 +571,17 @@ def test_files_and_data_uris_inside_the_folder_are_served(tmp_path: Path) -> Non
     pdf = render_user_kit(folder)
 
     assert any("Own-Mono" in name for name in pdf_font_names(pdf))
+
+
+def test_svg_rectangles_cover_exactly_the_dark_modules() -> None:
+    from pipeline.render.qr import _rectangles, qr_modules
+
+    modules = qr_modules(make_context().qr_payload)
+    painted: list[tuple[int, int]] = []
+    for x, y, width, height in _rectangles(modules):
+        painted += [(x + dx, y + dy) for dx in range(width) for dy in range(height)]
+    dark = [
+        (x, y) for y, row in enumerate(modules) for x, dark in enumerate(row) if dark
+    ]
+
+    assert sorted(painted) == sorted(dark)  # no module twice, none missed
