@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -585,3 +586,24 @@ def test_svg_rectangles_cover_exactly_the_dark_modules() -> None:
     ]
 
     assert sorted(painted) == sorted(dark)  # no module twice, none missed
+
+
+def test_real_payload_matches_the_version_docs_format_states() -> None:
+    """docs/format.md promises version 6 (41 modules) at level M: hold it to that."""
+    from pipeline import keys
+    from pipeline.keys import _testing
+
+    with _testing.weak_kdf():
+        issued = keys.create(
+            uuid.uuid4(), "pw", issued=dt.date(2026, 12, 3), params=_testing.FAST
+        )
+    payload = keys.format_payload(issued.eak)
+    spec = (Path(__file__).parent.parent / "docs" / "format.md").read_text()
+
+    assert len(payload) == 136
+    assert qr_version(payload) == 6
+    assert ERROR_CORRECTION == "M"
+    assert "**version 6** symbol, **41 \u00d7 41 modules**" in spec
+    image = Image.open(io.BytesIO(qr_png(payload)))
+    assert image.size == ((41 + 2 * QUIET_ZONE) * PNG_MODULE_PX,) * 2
+    assert [code.text for code in zxingcpp.read_barcodes(image)] == [payload]
