@@ -8,6 +8,7 @@ its manifest line exists; a rerun with `resume=True` skips exactly those.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import fcntl
 import hashlib
@@ -16,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import resource
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,9 +38,10 @@ from pipeline.deliver.disk import (
 from pipeline.errors import (
     BatchError,
     CodeError,
+    FetchRefusedError,
     KeymailError,
     RecordError,
-    RenderError,
+    RegistryError,
 )
 from pipeline.keys import kdf
 from pipeline.keys.kdf import KdfParams
@@ -47,6 +50,8 @@ from pipeline.records import (
     AccountRecord,
     DuplicateFilter,
     SecretsFile,
+    SecretsRowError,
+    check_header,
     read_rows,
     scratch_db,
     validate,
@@ -146,9 +151,16 @@ Progress = Callable[[str, int], None]
 def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchSummary:
     """Generate the emails of every valid record; see the module docstring."""
     out = options.out
-    batch = _open_batch(options)
+    check_header(options.records)
+    if out.exists() and not (out / BATCH_FILE).exists() and any(out.iterdir()):
+        raise BatchError(f"{out} exists and is not empty; choose another --out")
+    lock = _lock(ensure_dir(out))
+    try:
+        batch = _open_batch(options)
+    except BaseException:
+        os.close(lock)
+        raise
     summary = BatchSummary(batch_id=batch["batch_id"], out=str(out))
-    lock = _lock(out)
     started = time.perf_counter()
     try:
         with Registry(options.registry) as registry:
@@ -255,12 +267,22 @@ class _Runner:
             try:
                 password = secrets.password(uuid.UUID(str(row.get("account_id"))))
             except ValueError:
-                password = None
+                password = None  # not a UUID: validate says so
+            except SecretsRowError as exc:
+                raise RecordError(line, "password", str(exc)) from None
         return validate(line, row, password)
 
     def _job(self, record: AccountRecord) -> Job:
         """Check the record against the registry and turn it into a Job."""
         entry = self.registry.get(record.account_id)
+        owner = self.registry.find_email(record.email)
+        if owner is not None and owner.state.account_id != record.account_id:
+            raise RecordError(
+                record.line,
+                "email",
+                f"{record.email!r} belongs to account {owner.state.account_id} in "
+                "the registry",
+            )
         if record.encrypted_key is not None:
             if entry is None:
                 raise RecordError(
@@ -268,6 +290,13 @@ class _Runner:
                     "encrypted_key",
                     "the account is not in the registry, so its code cannot be "
                     "resent; generate it with a password instead",
+                )
+            if entry.email.lower() != record.email.lower():
+                raise RecordError(
+                    record.line,
+                    "email",
+                    f"the registry sends this account's email to {entry.email!r}, "
+                    f"not {record.email!r}; a resend goes to the registered address",
                 )
             try:
                 keys.check_current(record.encrypted_key, record.account_id, entry.state)
@@ -357,13 +386,18 @@ class _Runner:
         if outcome.row["reason"] != "resend":
             account = outcome.account
             assert account is not None
-            self.registry.put(
-                outcome.state,
-                account.email,
-                account.name,
-                account.locale,
-                self.batch_id,
-            )
+            try:
+                self.registry.claim(
+                    outcome.state,
+                    account.email,
+                    account.name,
+                    account.locale,
+                    self.batch_id,
+                )
+            except RegistryError as exc:
+                self.summary.failed += 1
+                self._reject(outcome.line, "account_id", str(exc), outcome.account_id)
+                return
         append_jsonl(self.out / MANIFEST, outcome.row)
         self.summary.generated += 1
         self.summary.largest_html_bytes = max(
@@ -393,12 +427,34 @@ def row_id(row: object) -> str:
 # Worker side -------------------------------------------------------------------
 
 _producer: Producer | None = None
+# The batch lock's descriptor: forked workers close their copy, so the lock
+# dies with the parent and a resume is not refused by orphaned workers.
+_lock_fd: int | None = None
+PR_SET_PDEATHSIG = 1
 
 
 def _init_worker(settings: Settings, templates: Path | None, floor: KdfParams) -> None:
     global _producer
+    _leave_with_parent()
     kdf._set_floor(floor)
     _producer = Producer(settings, templates)
+
+
+def _leave_with_parent() -> None:
+    """In a forked worker: drop the batch lock, and die when the parent dies.
+
+    Without this a parent killed with SIGKILL leaves its workers waiting on the
+    task queue for ever, still holding the lock file open.
+    """
+    if multiprocessing.parent_process() is None:
+        return  # --workers 1 runs in the parent itself
+    if _lock_fd is not None:
+        os.close(_lock_fd)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _work(job: Job, out: Path, state: keys.AccountState | None) -> Outcome:
@@ -423,7 +479,7 @@ def _work(job: Job, out: Path, state: keys.AccountState | None) -> Outcome:
             job.account, eak, reason, out, now=job.now, timings=timings
         )
     except KeymailError as exc:
-        field_name = "template" if isinstance(exc, RenderError) else "render"
+        field_name = "template" if isinstance(exc, FetchRefusedError) else "render"
         return Outcome(
             job.line,
             job.account.account_id,
@@ -457,41 +513,48 @@ def _work(job: Job, out: Path, state: keys.AccountState | None) -> Outcome:
 
 
 def _open_batch(options: BatchOptions) -> dict[str, Any]:
-    """Create the batch folder, or reopen it for `resume`; return batch.json."""
+    """Start batch.json, or reopen it for `resume`; the caller holds the lock."""
     out = options.out
     meta_path = out / BATCH_FILE
-    digest = _sha256(options.records)
-    if meta_path.exists():
-        if not options.resume:
-            raise BatchError(
-                f"{out} already holds a batch; give --resume to finish it, or "
-                "choose another --out"
-            )
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
-        if meta["records_sha256"] != digest:
-            raise BatchError(
-                f"{options.records.name} changed since batch {meta['batch_id']} "
-                "started; resume it with the same file, or start a new batch"
-            )
-        _sweep_temp_files(out)
-        repair_jsonl(out / MANIFEST)
-        repair_jsonl(out / REJECTS)
+    wanted = _run_settings(options)
+    if not meta_path.exists():
+        meta = {
+            "batch_id": uuid.uuid4().hex,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "keymail_version": __version__,
+            **wanted,
+        }
+        atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
         return meta
 
-    if out.exists() and any(out.iterdir()):
-        raise BatchError(f"{out} exists and is not empty; choose another --out")
-    ensure_dir(out)
-    meta = {
-        "batch_id": uuid.uuid4().hex,
+    if not options.resume:
+        raise BatchError(
+            f"{out} already holds a batch; give --resume to finish it, or "
+            "choose another --out"
+        )
+    meta = json.loads(meta_path.read_text())
+    changed = [key for key, value in wanted.items() if meta.get(key) != value]
+    if changed:
+        raise BatchError(
+            f"batch {meta['batch_id']} was started with another "
+            f"{', '.join(changed)}; resume it as it was started, or start a new batch"
+        )
+    _sweep_temp_files(out)
+    repair_jsonl(out / MANIFEST)
+    repair_jsonl(out / REJECTS)
+    return dict(meta)
+
+
+def _run_settings(options: BatchOptions) -> dict[str, Any]:
+    """What a resumed run must share with the run that started the batch."""
+    return {
         "records": options.records.name,
-        "records_sha256": digest,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "keymail_version": __version__,
+        "records_sha256": _sha256(options.records),
+        "secrets": options.secrets.name if options.secrets else None,
         "templates": str(options.templates) if options.templates else "default",
         "kdf": str(options.kdf_params),
+        "settings": options.settings.model_dump(),
     }
-    atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
-    return meta
 
 
 def open_single_batch(out: Path, reason: str) -> str:
@@ -510,12 +573,14 @@ def open_single_batch(out: Path, reason: str) -> str:
 
 
 def _lock(out: Path) -> int:
+    global _lock_fd
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise BatchError(f"another keymail process is working on {out}") from None
+    _lock_fd = fd
     return fd
 
 

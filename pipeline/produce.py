@@ -114,9 +114,6 @@ class Producer:
         with _timed(clock, "render_kit"):
             pdf = self.kit.render(ctx, svg)
         with _timed(clock, "assemble"):
-            message_id = message_id_for(
-                account.account_id, eak, reason, self.settings, now
-            )
             eml = message.build_message(ctx, html, text, png, pdf, message_id, now)
 
         files = {

@@ -1,13 +1,13 @@
 """Account records: read CSV or JSONL as a stream, validate each record on its own.
 
 A bad record becomes a RecordError (line, field, reason) and the stream goes on.
-Passwords never appear in a reason, a repr or a log line.
+A reason quotes the offending value, except the record's password, wherever
+it appears; a line that cannot be read is not quoted at all.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import re
@@ -66,37 +66,64 @@ def detect_format(path: Path) -> str:
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
-    """Yield (line, raw row) for each record of a CSV or JSONL file, one at a time."""
+    """Yield (line, raw row) for each record of a CSV or JSONL file, one at a time.
+
+    A line that cannot be read (bad encoding, broken CSV or JSON, wrong number
+    of values) becomes a RecordError for that line; reading goes on. Nothing of
+    the line's content is quoted: it may hold a password.
+    """
     if detect_format(path) == "csv":
         yield from _csv_rows(path)
     else:
         yield from _jsonl_rows(path)
 
 
+def check_header(path: Path) -> None:
+    """Refuse a records file whose format or CSV header is wrong, before any work."""
+    if detect_format(path) == "csv":
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            _csv_columns(path, csv.reader(f))
+
+
+def _csv_columns(path: Path, reader: Iterator[list[str]]) -> list[str]:
+    header = next(reader, None)
+    if header is None:
+        return []
+    unknown = [n for n, column in enumerate(header, start=1) if column not in FIELDS]
+    if unknown or len(set(header)) != len(header):
+        # The header cells are not quoted: a file without a header would have
+        # its first record here, password included.
+        where = ", ".join(map(str, unknown)) or "none, but one is repeated"
+        raise UsageError(
+            f"{path.name}: line 1 must name the columns, each once, from: "
+            f"{', '.join(FIELDS)}; unknown column number(s): {where}. "
+            "Is the header line missing?"
+        )
+    return header
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            return
-        unknown = set(reader.fieldnames) - set(FIELDS)
-        if unknown:
-            raise UsageError(
-                f"{path.name}: unknown column(s) {sorted(unknown)}; "
-                f"the columns are {', '.join(FIELDS)}"
-            )
+    # surrogateescape: a byte that is not UTF-8 survives decoding as a lone
+    # surrogate, so only that record is refused, not the file.
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f)
+        columns = _csv_columns(path, reader)
         while True:
             start = reader.line_num + 1
             try:
-                row = next(reader)
+                values = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
                 yield start, RecordError(start, "line", f"not valid CSV: {exc}")
                 continue
-            if None in row:
-                yield start, RecordError(start, "line", "more values than columns")
+            if not values:
                 continue
-            yield start, dict(row)
+            if len(values) != len(columns):
+                reason = f"{len(values)} values for {len(columns)} columns"
+                yield start, RecordError(start, "line", reason)
+                continue
+            yield start, dict(zip(columns, values, strict=True))
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
@@ -115,6 +142,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]
             except json.JSONDecodeError as exc:
                 yield number, RecordError(number, "line", f"not valid JSON: {exc.msg}")
                 continue
+            except (ValueError, RecursionError):
+                reason = "not valid JSON: nested too deeply or a number too long"
+                yield number, RecordError(number, "line", reason)
+                continue
             if not isinstance(row, dict):
                 yield number, RecordError(number, "line", "not a JSON object")
                 continue
@@ -126,8 +157,23 @@ def validate(
 ) -> AccountRecord:
     """Check one raw row; `password` (from --secrets) fills a missing one.
 
-    Raises RecordError naming the first invalid field.
+    Raises RecordError naming the first invalid field. A reason never quotes
+    the password, even when it sits in the wrong field.
     """
+    try:
+        return _validate(line, row, password)
+    except RecordError as exc:
+        secrets = [row.get("password"), password]
+        reason = exc.reason
+        for secret in secrets:
+            if isinstance(secret, str) and secret and secret in reason:
+                reason = reason.replace(secret, "(hidden: it is the password)")
+        if reason is exc.reason:
+            raise
+        raise RecordError(line, exc.field, reason) from None
+
+
+def _validate(line: int, row: dict[str, Any], password: str | None) -> AccountRecord:
     values = {name: _text(line, name, row.get(name)) for name in FIELDS}
     unknown = sorted(set(row) - set(FIELDS))
     if unknown:
@@ -152,13 +198,13 @@ def validate(
             line, "locale", f"not a language tag like 'en' or 'de-CH': {locale!r}"
         )
 
-    secret = values["password"] or password
+    password = values["password"] or password
     encrypted = values["encrypted_key"]
-    if secret and encrypted:
+    if password and encrypted:
         raise RecordError(
             line, "encrypted_key", "give a password or an encrypted_key, not both"
         )
-    if not secret and not encrypted:
+    if not password and not encrypted:
         raise RecordError(
             line,
             "password",
@@ -166,7 +212,7 @@ def validate(
             "encrypted_key to resend",
         )
     eak = _encrypted_key(line, encrypted, account_id) if encrypted else None
-    return AccountRecord(line, account_id, email, name, locale, secret, eak)
+    return AccountRecord(line, account_id, email, name, locale, password, eak)
 
 
 def _text(line: int, name: str, value: Any) -> str | None:
@@ -174,6 +220,10 @@ def _text(line: int, name: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise RecordError(line, name, f"must be text, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError(line, name, "not valid UTF-8 text") from None
     if len(value) > MAX_LENGTH[name]:
         raise RecordError(
             line, name, f"too long: {len(value)} characters, at most {MAX_LENGTH[name]}"
@@ -200,7 +250,10 @@ def _email(line: int, value: str | None) -> str:
         raise RecordError(line, "email", "missing")
     try:
         checked = email_validator.validate_email(
-            value, check_deliverability=False, test_environment=True
+            value,
+            check_deliverability=False,
+            test_environment=True,
+            allow_smtputf8=False,  # keymail does not send SMTPUTF8 mail
         )
     except email_validator.EmailNotValidError as exc:
         raise RecordError(line, "email", f"not an address: {value!r} ({exc})") from None
@@ -221,7 +274,8 @@ class SecretsFile:
 
     The file is indexed once (account_id -> byte offset, in a temporary SQLite
     table that holds no password) and each password is read back when its record
-    comes, so memory does not grow with the number of accounts.
+    comes, so memory does not grow with the number of accounts. A password is
+    taken exactly as written: CSV quoting applies, nothing is stripped.
     """
 
     def __init__(self, path: Path, index: sqlite3.Connection) -> None:
@@ -242,48 +296,74 @@ class SecretsFile:
         for number, raw in enumerate(self._handle, start=1):
             start, offset = offset, offset + len(raw)
             if number == 1 and self._format == "csv":
-                self._columns = next(csv.reader([raw.decode("utf-8-sig")]))
-                if not {"account_id", "password"} <= set(self._columns):
-                    raise UsageError(
-                        f"{self._path.name}: a secrets CSV needs the columns "
-                        "account_id,password"
-                    )
+                self._columns = self._header(raw)
                 continue
-            account_id = self._parse(raw).get("account_id")
-            if account_id:
+            account_id = self._row(raw).get("account_id")
+            if isinstance(account_id, str) and account_id:
                 self._db.execute(
                     "INSERT OR REPLACE INTO secret VALUES (?, ?)",
-                    (str(account_id).lower(), start),
+                    (account_id.lower(), start),
                 )
 
-    def _parse(self, raw: bytes) -> dict[str, Any]:
-        text = raw.decode("utf-8-sig").strip()
-        if not text:
-            return {}
+    def _header(self, raw: bytes) -> list[str]:
+        columns = self._csv_values(raw)
+        if columns is None or not {"account_id", "password"} <= set(columns):
+            raise UsageError(
+                f"{self._path.name}: a secrets CSV starts with the header line "
+                "account_id,password"
+            )
+        return columns
+
+    def _csv_values(self, raw: bytes) -> list[str] | None:
         try:
-            if self._format == "csv":
-                return dict(
-                    zip(
-                        self._columns, next(csv.reader(io.StringIO(text))), strict=False
-                    )
-                )
-            row = json.loads(text)
-        except (ValueError, csv.Error, StopIteration):
+            text = raw.decode("utf-8-sig").removesuffix("\n").removesuffix("\r")
+            return next(csv.reader([text]))
+        except (UnicodeDecodeError, csv.Error, StopIteration):
+            return None
+
+    def _row(self, raw: bytes) -> dict[str, Any]:
+        """One line as a dict; {"malformed": True} when it cannot be read whole."""
+        if not raw.strip():
+            return {}
+        if self._format == "csv":
+            values = self._csv_values(raw)
+            if values is None or len(values) != len(self._columns):
+                first = raw.split(b",", 1)[0].decode("ascii", "replace").strip()
+                return {"account_id": first, "malformed": True}
+            return dict(zip(self._columns, values, strict=True))
+        try:
+            row = json.loads(raw)
+        except (ValueError, RecursionError):
             return {}
         return row if isinstance(row, dict) else {}
 
     def password(self, account_id: uuid.UUID) -> str | None:
+        """The account's password, None when the file has none for it.
+
+        Raises SecretsRowError when the account's line cannot be read whole
+        (for instance an unquoted comma in a CSV password).
+        """
         found = self._db.execute(
             "SELECT offset FROM secret WHERE account_id = ?", (str(account_id),)
         ).fetchone()
         if found is None:
             return None
         self._handle.seek(found[0])
-        value = self._parse(self._handle.readline()).get("password")
+        row = self._row(self._handle.readline())
+        if row.get("malformed"):
+            raise SecretsRowError(
+                f"its line in {self._path.name} does not have "
+                f"{len(self._columns)} values; quote a password that holds a comma"
+            )
+        value = row.get("password")
         return value if isinstance(value, str) and value else None
 
     def close(self) -> None:
         self._handle.close()
+
+
+class SecretsRowError(Exception):
+    """The secrets file has a line for the account, but not a readable one."""
 
 
 class DuplicateFilter:

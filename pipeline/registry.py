@@ -61,7 +61,7 @@ class Registry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise RegistryError(f"cannot open the registry {path}: {exc}") from None
         path.chmod(0o600)
 
@@ -81,15 +81,51 @@ class Registry:
         return _entry(row) if row else None
 
     def by_email(self, email: str) -> Entry:
-        row = self._db.execute(
-            "SELECT * FROM account WHERE email = ? COLLATE NOCASE", (email.strip(),)
-        ).fetchone()
-        if row is None:
+        entry = self.find_email(email)
+        if entry is None:
             raise UnknownAccountError(
                 f"no account with email {email!r} in the registry {self.path}; "
                 "check the address, or give the right --registry"
             )
-        return _entry(row)
+        return entry
+
+    def find_email(self, email: str) -> Entry | None:
+        row = self._db.execute(
+            "SELECT * FROM account WHERE email = ? COLLATE NOCASE", (email.strip(),)
+        ).fetchone()
+        return _entry(row) if row else None
+
+    def claim(
+        self, state: AccountState, email: str, name: str, locale: str, batch_id: str
+    ) -> None:
+        """Write a new account for `batch_id`, or update one that batch wrote.
+
+        One statement, so two batches sharing a registry cannot both give the
+        same account a key: the second is refused.
+        """
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO account VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, "
+                "name = excluded.name, locale = excluded.locale, "
+                "key_generation = excluded.key_generation, "
+                "password_epoch = excluded.password_epoch, "
+                "key_check = excluded.key_check, issued = excluded.issued, "
+                "updated_at = excluded.updated_at "
+                "WHERE account.written_by = excluded.written_by",
+                (*_values(state, email, name, locale), batch_id, now),
+            )
+        except sqlite3.IntegrityError:
+            raise RegistryError(
+                f"cannot register account {state.account_id}: its email {email!r} "
+                "is already another account's"
+            ) from None
+        if cursor.rowcount == 0:
+            raise RegistryError(
+                f"account {state.account_id} was registered by another batch while "
+                "this one ran; its email from this batch was not committed"
+            )
 
     def put(
         self, state: AccountState, email: str, name: str, locale: str, written_by: str
@@ -105,18 +141,7 @@ class Registry:
                 "password_epoch = excluded.password_epoch, "
                 "key_check = excluded.key_check, issued = excluded.issued, "
                 "written_by = excluded.written_by, updated_at = excluded.updated_at",
-                (
-                    str(state.account_id),
-                    email,
-                    name,
-                    locale,
-                    state.key_generation,
-                    state.password_epoch,
-                    state.key_check,
-                    state.issued.isoformat(),
-                    written_by,
-                    now,
-                ),
+                (*_values(state, email, name, locale), written_by, now),
             )
         except sqlite3.IntegrityError as exc:
             raise RegistryError(
@@ -126,6 +151,21 @@ class Registry:
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM account").fetchone()[0])
+
+
+def _values(
+    state: AccountState, email: str, name: str, locale: str
+) -> tuple[str, str, str, str, int, int, str, str]:
+    return (
+        str(state.account_id),
+        email,
+        name,
+        locale,
+        state.key_generation,
+        state.password_epoch,
+        state.key_check,
+        state.issued.isoformat(),
+    )
 
 
 def _entry(row: tuple[str, str, str, str, int, int, str, str, str, str]) -> Entry:

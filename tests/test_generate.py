@@ -366,3 +366,61 @@ def test_smtp_options_without_send_are_refused(cli: CliRunner, tmp_path: Path) -
     assert code == 2
     assert "need --send" in stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_an_email_owned_by_another_account_rejects_only_that_record(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    assert generate(cli, FIXTURES / "accounts.csv", tmp_path / "one")[0] == 0
+    records = tmp_path / "more.csv"
+    ids = write_records(records, 2)
+    text = records.read_text().replace("user0@example.com", "ada.lovelace@example.com")
+    records.write_text(text)
+
+    code, stdout, _ = generate(cli, records, tmp_path / "two")
+
+    assert code == 1
+    assert "1 generated" in stdout
+    (reject,) = rejects(tmp_path / "two")
+    assert (reject["account_id"], reject["field"]) == (ids[0], "email")
+    assert "belongs to account" in str(reject["reason"])
+
+
+def test_a_resend_goes_only_to_the_registered_address(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    assert generate(cli, FIXTURES / "accounts.csv", first)[0] == 0
+    row = manifest(first)[0]
+    payload = qr_payloads(Image.open(first / str(row["account_id"]) / "qr.png"))[0]
+    records = tmp_path / "resend.jsonl"
+    record = {"account_id": row["account_id"], "email": "mallory@example.net"}
+    records.write_text(json.dumps({**record, "name": "M", "encrypted_key": payload}))
+
+    code, _, _ = generate(cli, records, tmp_path / "again")
+
+    assert code == 1
+    (reject,) = rejects(tmp_path / "again")
+    assert reject["field"] == "email"
+    assert not (tmp_path / "again" / str(row["account_id"])).exists()
+
+
+def test_a_bad_header_creates_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    records = tmp_path / "r.csv"
+    records.write_text("account_id,mail,name,password\n")
+    code, _, stderr = generate(cli, records, tmp_path / "batch")
+    assert code == 2
+    assert "unknown column number(s): 2" in stderr
+    assert not (tmp_path / "batch").exists()
+
+
+def test_resume_refuses_other_settings(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "batch"
+    assert generate(cli, FIXTURES / "accounts.csv", out, "--limit", "2")[0] == 0
+    code, _, stderr = generate(
+        cli, FIXTURES / "accounts.csv", out, "--resume", "--product", "Other"
+    )
+    assert code == 2
+    assert "started with another settings" in stderr
+    assert generate(cli, FIXTURES / "accounts.csv", out, "--resume")[0] == 0
+    assert len(manifest(out)) == 8

@@ -13,6 +13,8 @@ from pipeline.errors import RecordError, UsageError
 from pipeline.records import (
     DuplicateFilter,
     SecretsFile,
+    SecretsRowError,
+    check_header,
     read_rows,
     scratch_db,
     validate,
@@ -96,7 +98,7 @@ def test_jsonl_reports_broken_lines_and_goes_on(tmp_path: Path) -> None:
 def test_unknown_csv_column_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     path.write_text("account_id,email,nickname\n")
-    with pytest.raises(UsageError, match="nickname"):
+    with pytest.raises(UsageError, match="unknown column number"):
         list(read_rows(path))
 
 
@@ -138,3 +140,83 @@ def test_reading_is_a_stream(tmp_path: Path) -> None:
 
     assert count == 20_000
     assert peak < 256 * 1024, peak
+
+
+def test_a_file_without_header_does_not_echo_its_first_record(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(f"{GOOD['account_id']},a@example.com,Ann,en,CANARY-records-pw\n")
+    with pytest.raises(UsageError, match="header line missing") as caught:
+        check_header(path)
+    assert "CANARY" not in str(caught.value) and "Ann" not in str(caught.value)
+
+
+def test_short_and_long_rows_are_refused_without_quoting(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "account_id,email,name,locale,password\n"
+        f"{GOOD['account_id']},a@example.com,Ann,CANARY-short-pw\n"
+        f"{GOOD['account_id']},a@example.com,Ann,en,CANARY-long,pw\n"
+    )
+    rows = list(read_rows(path))
+    reasons = [row.reason for _, row in rows if isinstance(row, RecordError)]
+    assert reasons == ["4 values for 5 columns", "6 values for 5 columns"]
+
+
+def test_password_in_the_wrong_field_is_never_quoted() -> None:
+    row = {**GOOD, "locale": GOOD["password"]}
+    field, why = reason(row)
+    assert field == "locale"
+    assert "(hidden: it is the password)" in why
+
+
+def test_bad_bytes_and_hostile_json_reject_only_their_line(tmp_path: Path) -> None:
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_bytes(
+        b"account_id,email,name,password\n"
+        + f"{GOOD['account_id']},a@example.com,Ann\xff,pw-123456\n".encode("latin-1")
+        + f"{uuid.uuid4()},b@example.com,Bob,pw-123456\n".encode()
+    )
+    first, second = [row for _, row in read_rows(csv_path)]
+    assert isinstance(first, dict) and isinstance(second, dict)
+    with pytest.raises(RecordError, match="not valid UTF-8"):
+        validate(2, first)
+    assert validate(3, second).name == "Bob"
+
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_bytes(b"[" * 5000 + b"\n" + b'{"n": ' + b"9" * 5000 + b"}\n")
+    reasons = [
+        row.reason for _, row in read_rows(jsonl) if isinstance(row, RecordError)
+    ]
+    assert len(reasons) == 2
+    assert all(r.startswith("not valid JSON") for r in reasons)
+
+
+def test_lone_surrogates_and_unicode_local_parts_are_rejected() -> None:
+    assert reason(GOOD, name="Ann \udc80")[0] == "name"
+    field, why = reason(GOOD, email="jos\u00e9@example.com")
+    assert field == "email"
+    assert (
+        "SMTPUTF8" in why
+        or "internationalized" in why.lower()
+        or "not an address" in why
+    )
+
+
+def test_secrets_are_taken_exactly_as_written(tmp_path: Path) -> None:
+    ids = [uuid.uuid4() for _ in range(4)]
+    path = tmp_path / "s.csv"
+    path.write_bytes(
+        b"account_id,password\n"
+        + f'{ids[0]},"correct,horse battery"\n'.encode()
+        + f"{ids[1]}, leading and trailing \n".encode()
+        + f"{ids[2]},unquoted,comma\n".encode()
+        + f"{ids[3]},".encode()
+        + b"\xff\xfe\n"
+    )
+    secrets = SecretsFile(path, scratch_db(tmp_path / "s.db"))
+    assert secrets.password(ids[0]) == "correct,horse battery"
+    assert secrets.password(ids[1]) == " leading and trailing "
+    for broken in ids[2:]:
+        with pytest.raises(SecretsRowError, match="quote a password"):
+            secrets.password(broken)
+    secrets.close()

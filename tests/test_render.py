@@ -607,3 +607,15 @@ def test_real_payload_matches_the_version_docs_format_states() -> None:
     image = Image.open(io.BytesIO(qr_png(payload)))
     assert image.size == ((41 + 2 * QUIET_ZONE) * PNG_MODULE_PX,) * 2
     assert [code.text for code in zxingcpp.read_barcodes(image)] == [payload]
+
+
+def test_a_template_linking_out_of_its_folder_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("host secret")
+    theme = tmp_path / "theme"
+    theme.mkdir()
+    (theme / "leak.j2").symlink_to(outside)
+    (theme / "email.txt.j2").write_text('{% include "leak.j2" %}')
+
+    with pytest.raises(RenderError, match="outside its folder"):
+        Templates(theme).email_text(make_context())

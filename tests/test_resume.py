@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -63,3 +64,28 @@ def test_kill_then_resume_finishes_each_account_once(tmp_path: Path) -> None:
             assert hashlib.sha256(data).hexdigest() == row["artifacts"][name]["sha256"]
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
+    """Only the parent is killed: its workers must not keep the batch locked."""
+    records = tmp_path / "accounts.csv"
+    ids = write_records(records, 12)
+    out = tmp_path / "batch"
+    args = ["generate", str(records), "--out", str(out), "--kdf", MINIMUM_KDF]
+    args += ["--registry", str(tmp_path / "registry.sqlite3"), "--workers", "2"]
+
+    child = subprocess.Popen(keymail(*args), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(manifest_ids(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    finished = subprocess.run(
+        keymail(*args, "--resume"), capture_output=True, text=True
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(manifest_ids(out)) == sorted(ids)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)  # nothing should be left to kill

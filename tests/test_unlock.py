@@ -177,7 +177,7 @@ def test_outdated_then_before_reset(world: World) -> None:
         "--email", ADA, "--qr", new_qr, password="second-password-22"
     )
     assert code == 12
-    assert "before the password reset" in stderr
+    assert "was made before a password reset" in stderr
     reset_qr = str(world.folder(ADA, world.root / "rst") / "qr.png")
     assert (
         world.unlock("--email", ADA, "--qr", reset_qr, password="third-password-333")[0]
@@ -293,3 +293,42 @@ def test_no_password_or_key_in_any_output(world: World) -> None:
     for secret in (ADA_PASSWORD, "CANARY-wrong-1", "CANARY-new-pw-2", account_key):
         assert all(secret not in text for text in texts)
         assert all(secret.encode() not in blob for blob in blobs)
+
+
+def test_unreadable_inputs_are_usage_errors(world: World) -> None:
+    not_an_image = world.root / "note.png"
+    not_an_image.write_text("hello")
+    code, _, stderr = world.unlock("--email", ADA, "--qr", str(not_an_image))
+    assert code == 2 and "not an image" in stderr
+
+    bad_password = world.root / "latin1.txt"
+    bad_password.write_bytes(b"caf\xe9-CANARY\n")
+    qr = str(world.folder(ADA) / "qr.png")
+    code, _, stderr = invoke(
+        world.cli,
+        "unlock",
+        "--email",
+        ADA,
+        "--qr",
+        qr,
+        "--registry",
+        str(world.registry),
+        "--password-file",
+        str(bad_password),
+    )
+    assert code == 2 and "not UTF-8 text" in stderr
+    assert "CANARY" not in stderr and "xe9" not in stderr
+
+    code, _, stderr = invoke(
+        world.cli,
+        "unlock",
+        "--email",
+        ADA,
+        "--qr",
+        qr,
+        "--registry",
+        str(world.root / "missing.sqlite3"),
+        "--password-file",
+        str(bad_password),
+    )
+    assert code == 2 and "no registry" in stderr

@@ -48,6 +48,8 @@ def read_password(path: Path | None, what: str) -> str:
             text = stream.readline() if stream else path.read_text(encoding="utf-8")
         except OSError as exc:
             usage(f"cannot read the {what} file {path}: {exc.strerror}")
+        except UnicodeDecodeError:
+            usage(f"the {what} file {path} is not UTF-8 text")
         password = text.splitlines()[0] if text.splitlines() else ""
     elif sys.stdin.isatty():
         password = typer.prompt(what.capitalize(), hide_input=True, err=True)
@@ -73,7 +75,7 @@ def source(
     kind, value = given[0]
     try:
         return signin.read_code(kind, str(value))
-    except CodeError as exc:
+    except KeymailError as exc:
         fail(exc)
 
 
@@ -81,7 +83,7 @@ def open_registry(path: Path) -> Registry:
     try:
         return Registry(path, create=False)
     except KeymailError as exc:
-        fail(exc)
+        fail(UsageError(str(exc)))
 
 
 def reissue_options(

@@ -16,7 +16,7 @@ from rich import progress as rich_progress
 
 from pipeline.cli.app import Exit, app, error, fail, state, stdout
 from pipeline.config import load as load_settings
-from pipeline.errors import KeymailError, UsageError
+from pipeline.errors import KeymailError, RegistryError, UsageError
 from pipeline.keys import kdf
 
 if TYPE_CHECKING:  # the batch module loads WeasyPrint: only when a batch runs
@@ -150,8 +150,12 @@ def generate_command(
     try:
         with progress_bar(records) as advance:
             summary = run_batch(options, advance)
+    except RegistryError as exc:
+        fail(UsageError(str(exc)))
     except KeymailError as exc:
         fail(exc, _hint(exc))
+    except OSError as exc:  # --out or --registry where no folder can be
+        fail(UsageError(f"cannot write {exc.filename}: {exc.strerror}"))
 
     report(summary, as_json)
     sent_ok = True

@@ -216,9 +216,14 @@ def _password(password_file: Path | None) -> str | None:
         return os.environ.get(PASSWORD_ENV) or None
     try:
         password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UsageError(
-            f"cannot read --smtp-password-file {str(password_file)!r}: {exc}"
+            f"cannot read --smtp-password-file {str(password_file)!r}: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        # The exception text would quote the offending byte of the password.
+        raise UsageError(
+            f"--smtp-password-file {str(password_file)!r} is not UTF-8 text"
         ) from None
     if not password:
         raise UsageError(f"--smtp-password-file {str(password_file)!r} is empty")

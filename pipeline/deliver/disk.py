@@ -20,6 +20,7 @@ def ensure_dir(path: Path) -> Path:
     if not path.is_dir():
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         path.chmod(DIR_MODE)
+        fsync_dir(path.parent)  # the new folder's name is durable too
     return path
 
 
@@ -70,12 +71,15 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     the middle can leave a torn last line, which `read_jsonl` skips.
     """
     line = (json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+    if created:
+        fsync_dir(path.parent)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -136,9 +136,10 @@ def check_current(code: Eak, account_id: uuid.UUID, state: AccountState | None) 
 
     if header.key_generation < state.key_generation:
         raise CodeBeforeResetError(
-            f"this code was made before the password reset of {state.issued}; the "
-            "reset replaced the account key, so this code can never open the "
-            "account again. Use the authentication email sent after the reset.",
+            f"this code (key generation {header.key_generation}, issued "
+            f"{header.issued}) was made before a password reset; the reset replaced "
+            "the account key, so this code can never open the account again. Use "
+            "the authentication email sent after the reset.",
             code_generation=header.key_generation,
             generation=state.key_generation,
         )

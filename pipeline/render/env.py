@@ -6,7 +6,7 @@ import logging
 import re
 import textwrap
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jinja2
@@ -74,6 +74,30 @@ def wrap_text(text: str, width: int = 76) -> str:
     return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
+class _ConfinedLoader(jinja2.FileSystemLoader):
+    """A FileSystemLoader that refuses files resolving outside its folder.
+
+    Jinja2 already refuses `..` in names, but follows symlinks: a user folder
+    could link to /etc/passwd and include it. The URL fetcher of the kit makes
+    the same check for CSS, fonts and images.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.root = root.resolve()
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if not Path(filename).resolve().is_relative_to(self.root):
+            raise RenderError(
+                f"template {template!r} resolves outside its folder; links out of "
+                "a template folder are refused"
+            )
+        return source, filename, uptodate
+
+
 def _autoescape(name: str | None) -> bool:
     """Escape HTML-like templates; leave plain-text ones (.txt.j2) as written."""
     return name is not None and name.lower().endswith(_HTML_SUFFIXES)
@@ -105,9 +129,7 @@ class Templates:
             else jinja2.Environment
         )
         self.environment = environment_class(
-            loader=jinja2.ChoiceLoader(
-                [jinja2.FileSystemLoader(root) for root in self.roots]
-            ),
+            loader=jinja2.ChoiceLoader([_ConfinedLoader(root) for root in self.roots]),
             autoescape=_autoescape,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
@@ -129,6 +151,8 @@ class Templates:
         try:
             template = self.environment.get_template(name)
             return template.render(variables)
+        except RenderError:
+            raise
         except jinja2.TemplateNotFound as error:
             raise RenderError(
                 f"template not found: '{error.name}' (looked in {self._where()})"
