@@ -166,8 +166,8 @@ def validate(
         secrets = [row.get("password"), password]
         reason = exc.reason
         for secret in secrets:
-            if isinstance(secret, str) and secret and secret in reason:
-                reason = reason.replace(secret, "(hidden: it is the password)")
+            if isinstance(secret, str) and secret and repr(secret) in reason:
+                reason = reason.replace(repr(secret), "(hidden: it is the password)")
         if reason is exc.reason:
             raise
         raise RecordError(line, exc.field, reason) from None
@@ -195,7 +195,9 @@ def _validate(line: int, row: dict[str, Any], password: str | None) -> AccountRe
     locale = (values["locale"] or "en").strip()
     if not LOCALE.fullmatch(locale):
         raise RecordError(
-            line, "locale", f"not a language tag like 'en' or 'de-CH': {locale!r}"
+            line,
+            "locale",
+            f"not a language tag like 'en' or 'de-CH': {_shown(locale, LOCALE_SHAPE)}",
         )
 
     password = values["password"] or password
@@ -231,13 +233,33 @@ def _text(line: int, name: str, value: Any) -> str | None:
     return value
 
 
+def _shown(value: str, shape: str) -> str:
+    """`value` quoted for a reason when it has the field's `shape`, else described.
+
+    Columns shift in a hand-edited file, and a password in the wrong column
+    must not be quoted: a value is quoted only when it looks like what the
+    field holds (hex and hyphens for an id, a short tag for a locale, an @ for
+    an email), which a password rarely does.
+    """
+    if re.fullmatch(shape, value):
+        return repr(value)
+    return f"(a value of {len(value)} characters, not shown)"
+
+
+ID_SHAPE = r"[0-9A-Fa-f-]{1,40}"
+LOCALE_SHAPE = r"[A-Za-z0-9_.@-]{1,12}"
+EMAIL_SHAPE = r"[^@\s]{0,64}@[^@\s]{0,255}"
+
+
 def _account_id(line: int, value: str | None) -> uuid.UUID:
     if value is None:
         raise RecordError(line, "account_id", "missing")
     try:
         parsed = uuid.UUID(value)
     except ValueError:
-        raise RecordError(line, "account_id", f"not a UUID: {value!r}") from None
+        raise RecordError(
+            line, "account_id", f"not a UUID: {_shown(value, ID_SHAPE)}"
+        ) from None
     if str(parsed) != value.lower():
         raise RecordError(
             line, "account_id", f"write it in the canonical 8-4-4-4-12 form: {value!r}"
@@ -256,7 +278,8 @@ def _email(line: int, value: str | None) -> str:
             allow_smtputf8=False,  # keymail does not send SMTPUTF8 mail
         )
     except email_validator.EmailNotValidError as exc:
-        raise RecordError(line, "email", f"not an address: {value!r} ({exc})") from None
+        shown = _shown(value, EMAIL_SHAPE)
+        raise RecordError(line, "email", f"not an address: {shown} ({exc})") from None
     return str(checked.normalized)
 
 

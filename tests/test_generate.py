@@ -10,6 +10,7 @@ import re
 import sqlite3
 import stat
 import threading
+import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -246,7 +247,10 @@ def test_canary_passwords_appear_nowhere(cli: CliRunner, tmp_path: Path) -> None
     records = tmp_path / "canary.csv"
     write_records(records, 5, password="CANARY-{n}-s3cret-pw")
     (tmp_path / "bad.csv").write_text(
-        "account_id,email,name,password\nnot-a-uuid,x@example.com,X,CANARY-0-s3cret-pw\n"
+        "account_id,email,name,locale,password\n"
+        "not-a-uuid,x@example.com,X,en,CANARY-0-s3cret-pw\n"
+        f"{uuid.uuid4()},y@example.com,Y,CANARY-1-s3cret-pw\n"  # a value short
+        f"{uuid.uuid4()},z@example.com,Z,CANARY-2-s3cret-pw,en\n"  # swapped
     )
     out = tmp_path / "batch"
 

@@ -162,11 +162,17 @@ def test_short_and_long_rows_are_refused_without_quoting(tmp_path: Path) -> None
     assert reasons == ["4 values for 5 columns", "6 values for 5 columns"]
 
 
-def test_password_in_the_wrong_field_is_never_quoted() -> None:
-    row = {**GOOD, "locale": GOOD["password"]}
-    field, why = reason(row)
-    assert field == "locale"
-    assert "(hidden: it is the password)" in why
+@pytest.mark.parametrize("field", ["locale", "email", "account_id"])
+def test_password_in_the_wrong_field_is_never_quoted(field: str) -> None:
+    found, why = reason(GOOD, **{field: "CANARY-wrong-column", "password": "en"})
+    assert found == field
+    assert "not shown" in why  # and reason() checked that CANARY is absent
+
+
+def test_the_records_own_password_is_hidden_when_quoted() -> None:
+    found, why = reason(GOOD, locale="hunter2", password="hunter2")
+    assert found == "locale"
+    assert why.endswith("(hidden: it is the password)")
 
 
 def test_bad_bytes_and_hostile_json_reject_only_their_line(tmp_path: Path) -> None:
