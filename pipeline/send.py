@@ -238,7 +238,7 @@ def _read_message(batch_dir: Path, message: _Message) -> bytes:
     if message.sha256 and hashlib.sha256(data).hexdigest() != message.sha256:
         raise _Refused(
             f"{message.relpath!r} does not match the sha256 in the manifest; "
-            "generate the batch again"
+            "restore it, or generate the batch into a new folder"
         )
     return data
 
@@ -480,7 +480,10 @@ class _Run:
         try:
             envelope = self._envelope(message)
         except _Refused as refused:
-            self._settle(message, MessageState.FAILED_PERMANENT, str(refused))
+            # Nothing reached the server, and the cause is local (a file
+            # edited or missing): failed-transient, so a rerun tries again
+            # once it is fixed, but no retry within this run.
+            self._settle(message, MessageState.FAILED_TRANSIENT, str(refused))
             return
 
         # Commit `sending` while MAIL, RCPT and DATA go back and forth (an fsync

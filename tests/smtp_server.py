@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import socketserver
 import ssl
 import threading
 import uuid
@@ -306,3 +307,81 @@ def append_message(
     with (folder / "manifest.jsonl").open("a") as manifest:
         manifest.write(json.dumps(row) + "\n")
     return row
+
+
+# A scripted server that misbehaves in ways aiosmtpd will not
+
+
+@dataclass
+class RawScript:
+    """Answers to give instead of the usual ones, by command, in order.
+
+    Keys: "MAIL", "RCPT", "DATA" (the reply to the DATA command) and "END" (the
+    reply after the message data). `bodies` collects each message data that
+    reached the end marker.
+    """
+
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    bodies: list[bytes] = field(default_factory=list)
+
+    def answer(self, verb: str, usual: str) -> str:
+        queue = self.answers.get(verb) or []
+        return queue.pop(0) if queue else usual
+
+
+class _RawHandler(socketserver.StreamRequestHandler):
+    server: _RawServer
+
+    def handle(self) -> None:
+        script = self.server.script
+        self._say("220 raw.test ESMTP")
+        usual = {"MAIL": "250 ok", "RCPT": "250 ok", "RSET": "250 ok", "NOOP": "250 ok"}
+        for raw in self.rfile:
+            verb = raw.split(b" ", 1)[0].split(b":", 1)[0].strip().upper().decode()
+            if verb in ("EHLO", "HELO"):
+                self.wfile.write(b"250-raw.test\r\n250 8BITMIME\r\n")
+            elif verb == "QUIT":
+                self._say("221 bye")
+                return
+            elif verb == "DATA":
+                reply = script.answer("DATA", "354 go on")
+                self._say(reply)
+                if reply.startswith("354"):
+                    script.bodies.append(self._body())
+                    self._say(script.answer("END", "250 queued"))
+            elif verb in usual:
+                self._say(script.answer(verb, usual[verb]))
+            else:
+                self._say("502 not here")
+
+    def _body(self) -> bytes:
+        lines = []
+        for line in self.rfile:
+            if line == b".\r\n":
+                break
+            lines.append(line)
+        return b"".join(lines)
+
+    def _say(self, text: str) -> None:
+        self.wfile.write(text.encode() + b"\r\n")
+
+
+class _RawServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    script: RawScript
+
+
+@contextmanager
+def raw_smtp_server(script: RawScript) -> Iterator[Server]:
+    """Run the scripted server on a free loopback port (plain SMTP)."""
+    server = _RawServer((HOST, 0), _RawHandler)
+    server.script = script
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Server(HOST, server.server_address[1], Recorder(), "smtp")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -22,10 +22,12 @@ from pipeline.send import Backoff, MessageResult, SendSummary, send_batch
 from smtp_server import (
     DROP,
     Certificate,
+    RawScript,
     Recorder,
     Server,
     append_message,
     make_certificate,
+    raw_smtp_server,
     smtp_server,
     write_batch,
 )
@@ -198,21 +200,58 @@ def test_to_that_differs_from_the_manifest_is_refused(batch: Path) -> None:
         summary = send(batch, server)
         assert server.handler.data_commands[row["message_id"]] == 0
     (problem,) = summary.problems
-    assert problem.state is MessageState.FAILED_PERMANENT
+    assert problem.state is MessageState.FAILED_TRANSIENT  # a rerun tries again
     assert problem.reply == (
         "To wrong@example.com differs from the manifest email 'right@example.com'; "
         "generate the message again"
     )
 
 
-def test_changed_message_file_is_refused(batch: Path) -> None:
+def test_changed_message_file_is_refused_until_restored(batch: Path) -> None:
     row = json.loads((batch / "manifest.jsonl").read_text().splitlines()[0])
     eml = batch / row["artifacts"]["message.eml"]["path"]
-    eml.write_bytes(eml.read_bytes().replace(b"sign-in", b"sign-on"))
+    original = eml.read_bytes()
+    eml.write_bytes(original.replace(b"sign-in", b"sign-on"))
     with smtp_server() as server:
         summary = send(batch, server)
-    assert summary.failed == 1
-    assert "does not match the sha256" in (summary.problems[0].reply or "")
+        assert summary.failed == 1
+        assert "does not match the sha256" in (summary.problems[0].reply or "")
+        assert server.handler.data_commands[row["message_id"]] == 0
+
+        eml.write_bytes(original)
+        again = send(batch, server)
+    assert (again.sent, again.ok) == (1, True)
+
+
+# Replies out of protocol (a scripted server; aiosmtpd keeps to the rules)
+
+
+@pytest.mark.parametrize(
+    ("verb", "reply"),
+    [("DATA", "250 2.0.0 ok whatever"), ("RCPT", "252 2.1.5 cannot verify")],
+)
+def test_a_2xx_before_the_data_is_not_a_delivery(
+    tmp_path: Path, verb: str, reply: str
+) -> None:
+    batch = tmp_path / "batch"
+    write_batch(batch, 2)
+    script = RawScript({verb: [reply]})
+    with raw_smtp_server(script) as server:
+        summary = send(batch, server, retries=0)
+    assert summary.sent == len(script.bodies) == 1
+    assert summary.problems[0].state is not MessageState.SENT
+
+
+def test_an_unreadable_reply_after_the_data_is_uncertain(tmp_path: Path) -> None:
+    batch = tmp_path / "batch"
+    write_batch(batch, 2)
+    script = RawScript({"END": ["OK queued as 12345"]})
+    with raw_smtp_server(script) as server:
+        first = send(batch, server)
+        again = send(batch, server)
+    assert (first.sent, first.uncertain) == (1, 1)
+    assert (again.sent, again.uncertain) == (0, 1)
+    assert len(script.bodies) == 2  # each message went out exactly once
 
 
 def test_path_outside_the_batch_is_refused(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pipeline.deliver.smtp import (
     SmtpClient,
     SmtpSettings,
     classify,
+    classify_refusal,
     is_loopback,
 )
 from pipeline.errors import SmtpAuthError, SmtpConnectionError, UsageError
@@ -140,10 +141,28 @@ def test_a_user_needs_a_password() -> None:
         (451, Outcome.FAILED_TRANSIENT),
         (550, Outcome.FAILED_PERMANENT),
         (554, Outcome.FAILED_PERMANENT),
+        (354, Outcome.UNCERTAIN),
+        (150, Outcome.UNCERTAIN),
+        (-1, Outcome.UNCERTAIN),  # smtplib's code for a reply it could not read
     ],
 )
 def test_reply_classes(code: int, outcome: Outcome) -> None:
     assert classify(code) is outcome
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [
+        (250, Outcome.FAILED_TRANSIENT),
+        (252, Outcome.FAILED_TRANSIENT),
+        (452, Outcome.FAILED_TRANSIENT),
+        (550, Outcome.FAILED_PERMANENT),
+    ],
+)
+def test_refusals_before_the_data_never_count_as_sent(
+    code: int, outcome: Outcome
+) -> None:
+    assert classify_refusal(code) is outcome
 
 
 # Sessions on a real server

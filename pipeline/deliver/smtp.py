@@ -26,6 +26,7 @@ __all__ = [
     "SmtpClient",
     "SmtpSettings",
     "classify",
+    "classify_refusal",
     "is_loopback",
 ]
 
@@ -172,9 +173,28 @@ class Outcome(StrEnum):
 
 
 def classify(code: int) -> Outcome:
-    """RFC 5321 section 4.2.1: 2yz done, 4yz try again later, 5yz do not repeat."""
+    """The reply to the end of the message data (RFC 5321 section 4.2.1).
+
+    2yz: accepted. 5yz: refused, do not repeat. 4yz: try again later. Anything
+    else (1yz, 3yz, or a reply smtplib could not parse, code -1) says neither
+    yes nor no after the server has the whole message: uncertain, never
+    retried on its own.
+    """
     if 200 <= code < 300:
         return Outcome.SENT
+    if 500 <= code < 600:
+        return Outcome.FAILED_PERMANENT
+    if 400 <= code < 500:
+        return Outcome.FAILED_TRANSIENT
+    return Outcome.UNCERTAIN
+
+
+def classify_refusal(code: int) -> Outcome:
+    """A reply that stopped a transaction before any message data was sent.
+
+    Nothing was delivered, whatever the code says: a 5yz is permanent, and
+    anything else (4yz, or a 2yz where 354 or 250 was expected) is transient.
+    """
     if 500 <= code < 600:
         return Outcome.FAILED_PERMANENT
     return Outcome.FAILED_TRANSIENT
@@ -458,7 +478,7 @@ class SmtpClient:
                 self._smtp.rset()
             except smtplib.SMTPException:
                 self._drop()
-        return Delivery(classify(code), _reply(code, text))
+        return Delivery(classify_refusal(code), _reply(code, text))
 
 
 def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
