@@ -554,10 +554,11 @@ def _run_settings(options: BatchOptions) -> dict[str, Any]:
         "templates": str(options.templates) if options.templates else "default",
         "kdf": str(options.kdf_params),
         "settings": options.settings.model_dump(),
+        "registry": str(options.registry.resolve()),
     }
 
 
-def open_single_batch(out: Path, reason: str) -> str:
+def open_single_batch(out: Path, reason: str, registry: Path) -> str:
     """A batch folder for one reissued email (change, reset, resend); its id."""
     if out.exists() and any(out.iterdir()):
         raise BatchError(f"{out} exists and is not empty; choose another --out")
@@ -565,6 +566,7 @@ def open_single_batch(out: Path, reason: str) -> str:
     meta = {
         "batch_id": uuid.uuid4().hex,
         "kind": reason,
+        "registry": str(registry.resolve()),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "keymail_version": __version__,
     }

@@ -6,6 +6,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -156,6 +157,8 @@ class _Message:
     subject: str
     relpath: str | None
     sha256: str | None
+    key_generation: int = 0
+    password_epoch: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -218,7 +221,18 @@ def _manifest_row(row: dict[str, Any], line: int) -> _Message:
         subject=str(row.get("subject", "")),
         relpath=path if isinstance(path, str) else None,
         sha256=sha256 if isinstance(sha256, str) else None,
+        key_generation=_counter(row.get("key_generation")),
+        password_epoch=_counter(row.get("password_epoch")),
     )
+
+
+def _counter(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# (account_id, key generation, password epoch) -> why the code is no longer the
+# account's, or None when it is current.
+CurrentCheck = Callable[[str, int, int], "str | None"]
 
 
 class _Refused(Exception):
@@ -300,6 +314,7 @@ class _Options:
     resend_uncertain: bool
     mail_from: str | None
     dkim: DkimSigner | None
+    current: CurrentCheck | None = None
 
 
 def send_batch(
@@ -314,6 +329,7 @@ def send_batch(
     dry_run: bool = False,
     mail_from: str | None = None,
     dkim: DkimSigner | None = None,
+    current: CurrentCheck | None = None,
     progress: ProgressCallback | None = None,
     backoff: Backoff | None = None,
     clock: Clock | None = None,
@@ -322,13 +338,15 @@ def send_batch(
 
     Only pending and failed-transient messages are sent (and uncertain ones
     with `resend_uncertain`). A dry run needs no `settings`, sends nothing and
-    leaves the ledger as it is. Raises BatchError (missing batch, batch in use),
+    leaves the ledger as it is. With `current`, a message whose code is no
+    longer the account's (a password change or reset came after it) is failed
+    permanently instead of sent. Raises BatchError (missing batch, batch in use),
     SmtpAuthError or SmtpConnectionError (before any message, or when the
     server stays out of reach); every other failure is per message, in the
     summary.
     """
     options = _Options(
-        limit, rate, per_minute, retries, resend_uncertain, mail_from, dkim
+        limit, rate, per_minute, retries, resend_uncertain, mail_from, dkim, current
     )
     _check(options)
     messages = _load_manifest(batch_dir)
@@ -362,7 +380,7 @@ def send_batch(
 def _check(options: _Options) -> None:
     if options.limit is not None and options.limit < 0:
         raise UsageError(f"limit must be 0 or more, not {options.limit}")
-    if options.rate is not None and options.rate <= 0:
+    if options.rate is not None and not (0 < options.rate < math.inf):
         raise UsageError(f"rate must be above 0 messages/s, not {options.rate}")
     if options.per_minute is not None and options.per_minute < 1:
         raise UsageError(f"per-minute must be 1 or more, not {options.per_minute}")
@@ -477,6 +495,13 @@ class _Run:
         attempt: int,
         upcoming: _Message | None,
     ) -> None:
+        current = self.options.current
+        stale = current and current(
+            message.account_id, message.key_generation, message.password_epoch
+        )
+        if stale:
+            self._settle(message, MessageState.FAILED_PERMANENT, stale)
+            return
         try:
             envelope = self._envelope(message)
         except _Refused as refused:

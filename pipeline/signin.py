@@ -260,7 +260,7 @@ def _reissue(
 ) -> dict[str, object]:
     """Write the new email, then the registry, then the manifest line."""
     account = Account(str(state.account_id), entry.email, entry.name, entry.locale)
-    batch_id = open_single_batch(reissue.out, reason)
+    batch_id = open_single_batch(reissue.out, reason, registry.path)
     producer = Producer(reissue.settings, reissue.templates)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     produced = producer.produce(account, eak, reason, reissue.out, now=now)

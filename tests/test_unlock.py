@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pipeline import keys
 
 from conftest import FAST_KDF, FIXTURES, invoke
+from smtp_server import smtp_server
 
 pytestmark = pytest.mark.usefixtures("weak_kdf")
 ADA = "ada.lovelace@example.com"
@@ -332,3 +333,37 @@ def test_unreadable_inputs_are_usage_errors(world: World) -> None:
         str(bad_password),
     )
     assert code == 2 and "no registry" in stderr
+
+
+def test_send_refuses_an_email_made_before_a_password_change(world: World) -> None:
+    qr = str(world.folder(ADA) / "qr.png")
+    world.change(["--qr", qr], ADA_PASSWORD, "changed-pw-777", world.root / "chg")
+
+    with smtp_server() as server:
+        code, stdout, _ = invoke(
+            world.cli,
+            "send",
+            str(world.out),
+            "--smtp",
+            server.url(),
+            "--allow-plaintext",
+        )
+        received = server.handler.ids()
+        code_new, _, stderr_new = invoke(
+            world.cli,
+            "send",
+            str(world.root / "chg"),
+            "--smtp",
+            server.url(),
+            "--allow-plaintext",
+        )
+
+    assert code == 1
+    assert "sent 7, failed 1" in stdout
+    assert (
+        "outdated: this email holds the code of key generation 1, password epoch 1"
+        in stdout
+    )
+    assert world.rows[ADA]["message_id"] not in received
+    assert len(received) == 7
+    assert (code_new, stderr_new) == (0, "")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import parseaddr
@@ -19,12 +21,15 @@ from pipeline.deliver.smtp import DEFAULT_TIMEOUT, SmtpSettings
 from pipeline.errors import (
     BatchError,
     KeymailError,
+    RegistryError,
     SmtpAuthError,
     SmtpConnectionError,
     UsageError,
 )
+from pipeline.registry import Registry
 from pipeline.send import (
     DEFAULT_RETRIES,
+    CurrentCheck,
     MessageResult,
     ProgressCallback,
     SendSummary,
@@ -128,6 +133,15 @@ def send_command(
         str | None,
         typer.Option("--dkim-domain", metavar="D", help="DKIM signing domain."),
     ] = None,
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            metavar="PATH",
+            help="Refuse emails whose code is no longer the account's "
+            "[default: the registry the batch was generated with].",
+        ),
+    ] = None,
 ) -> None:
     """Send a batch's emails over SMTP, recording each in the batch's ledger.
 
@@ -147,6 +161,7 @@ def send_command(
             smtp, password_file, allow_plaintext, cafile, timeout, dry_run
         )
         signer = _signer(dkim_key, dkim_selector, dkim_domain)
+        current = current_check(batch, registry)
         if mail_from is not None:
             _check_address(mail_from)
         if json_report is not None and not json_report.parent.is_dir():
@@ -163,6 +178,7 @@ def send_command(
                 dry_run=dry_run,
                 mail_from=mail_from,
                 dkim=signer,
+                current=current,
                 progress=progress,
             )
     except (BatchError, SmtpAuthError) as exc:
@@ -195,6 +211,15 @@ def smtp_settings(
         if dry_run:
             return None
         usage("no SMTP server given", "pass --smtp smtp://[user@]host:port")
+    if dry_run:
+        # The plan needs no server: check the URL's form, not the password.
+        SmtpSettings.from_url(
+            url,
+            password="-",  # noqa: S106  (a placeholder: a dry run logs in nowhere)
+            allow_plaintext=allow_plaintext,
+            cafile=cafile,
+        )
+        return None
     password = _password(password_file)
     settings = SmtpSettings.from_url(
         url,
@@ -228,6 +253,41 @@ def _password(password_file: Path | None) -> str | None:
     if not password:
         raise UsageError(f"--smtp-password-file {str(password_file)!r} is empty")
     return password
+
+
+def current_check(batch: Path, registry: Path | None) -> CurrentCheck | None:
+    """A check against the registry: the one given, or the batch's own.
+
+    A batch made before a password change or reset must not go out: its code
+    would be refused, and the user confused.
+    """
+    if registry is None:
+        try:
+            meta = json.loads((batch / "batch.json").read_text())
+            registry = Path(meta["registry"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not registry.exists():
+            return None
+    try:
+        accounts = Registry(registry, create=False)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+
+    def check(account_id: str, generation: int, epoch: int) -> str | None:
+        entry = accounts.get(uuid.UUID(account_id))
+        if entry is None:
+            return f"the account is not in the registry {registry}"
+        now = (entry.state.key_generation, entry.state.password_epoch)
+        if (generation, epoch) == now:
+            return None
+        return (
+            f"outdated: this email holds the code of key generation {generation}, "
+            f"password epoch {epoch}, and the registry is at {now[0]}, {now[1]} (a "
+            "password change or reset came after it); send the newer email"
+        )
+
+    return check
 
 
 def _signer(

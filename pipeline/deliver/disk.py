@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import BatchError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -83,14 +85,27 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read the complete rows of a JSON-lines file; a torn last line is dropped."""
+    """Read the complete rows of a JSON-lines file; a torn last line is dropped.
+
+    Raises BatchError naming the line when a complete line is not a JSON
+    object: the file was damaged or edited, and guessing would be worse.
+    """
     if not path.exists():
         return []
     rows: list[dict[str, Any]] = []
-    for raw in path.read_bytes().splitlines(keepends=True):
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
         if not raw.endswith(b"\n"):
             break
-        rows.append(json.loads(raw))
+        try:
+            row = json.loads(raw)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict):
+            raise BatchError(
+                f"{path.name} line {number} is not a JSON object; the batch folder "
+                "was damaged or edited by hand"
+            )
+        rows.append(row)
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import re
 import smtplib
 import socket
@@ -78,7 +79,7 @@ class SmtpSettings:
                 f"no SMTP password for user {self.user!r}; set KEYMAIL_SMTP_PASSWORD "
                 "or pass --smtp-password-file FILE"
             )
-        if self.timeout <= 0:
+        if not (0 < self.timeout < math.inf):  # also refuses NaN
             raise UsageError(f"timeout must be above 0 seconds, not {self.timeout}")
 
     @classmethod
