@@ -210,6 +210,21 @@ def test_passwords_from_a_secrets_file(
     assert (code, err, failures) == (0, "", {})
 
 
+def test_a_secrets_file_without_these_accounts_fails_unwrap(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "other.csv"
+    secrets.write_text("account_id,password\n" + f"{uuid.uuid4()},whatever-pw\n")
+
+    code, _, _, failures = verify_cli(
+        cli, batch, registry, tmp_path, "--secrets", str(secrets)
+    )
+
+    assert code == 1
+    assert {check for _, check in failures} == {"eak.unwrap"}
+    assert len(failures) == len(account_ids(batch))
+
+
 # Tampering: each is caught, by the check named for it ----------------------------
 
 
@@ -430,6 +445,39 @@ def test_an_svg_without_its_white_background(
 
     assert code == 1
     assert "white rect" in failures[(victim, "qr.svg")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (('<path fill="#000000"', '<path opacity="0" fill="#000000"'), "opacity"),
+        (("</svg>", '<circle r="99" fill="#fff"/></svg>'), "<circle>"),
+        (
+            ('<path fill="#000000"', '<path style="display:none" fill="#000000"'),
+            "style",
+        ),
+        (('<path fill="#000000"', '<g fill="#fff"/><path fill="#000000"'), "<g>"),
+    ],
+)
+def test_an_svg_that_could_hide_its_code(
+    cli: CliRunner,
+    batch: Path,
+    registry: Path,
+    tmp_path: Path,
+    edit: tuple[str, str],
+    words: str,
+) -> None:
+    victim = account_ids(batch)[5]
+    svg = batch / victim / "qr.svg"
+    text = svg.read_text()
+    assert edit[0] in text
+    svg.write_text(text.replace(edit[0], edit[1], 1))
+    rehash(batch, victim, "qr.svg")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert words in failures[(victim, "qr.svg")]
 
 
 def test_a_code_outdated_by_a_password_change(

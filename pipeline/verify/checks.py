@@ -91,6 +91,7 @@ class AccountJob:
     entry_state: AccountState | None
     entry_email: str | None
     password: str | None = field(default=None, repr=False)
+    passwords_given: bool = False
 
     @property
     def account_id(self) -> str:
@@ -634,6 +635,10 @@ def _eak_manifest(ins: Inspection) -> None:
 @check("eak.unwrap")
 def _eak_unwrap(ins: Inspection) -> None:
     password = ins.job.password
+    if password is None and ins.job.passwords_given:
+        raise CheckFailed(
+            "the passwords given (--secrets or --records) hold none for this account"
+        )
     if password is None:
         raise CheckSkipped("no password given for this account")
     try:

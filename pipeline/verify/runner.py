@@ -115,6 +115,7 @@ def _jobs(
             entry_state=entry.state if entry else None,
             entry_email=entry.email if entry else None,
             password=password,
+            passwords_given=passwords is not None,
         )
 
 

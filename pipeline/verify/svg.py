@@ -18,6 +18,26 @@ PIXELS_PER_UNIT = 8
 MAX_UNITS = 200
 
 _NAMED = {"white": 255, "black": 0}
+
+# What a QR SVG needs, and nothing else: any other element or attribute
+# (opacity, style, a <g> with its own fill, a <circle> over the code) could
+# hide or change the code in a real viewer without this reader noticing.
+ALLOWED = {
+    f"{SVG}svg": {
+        "version",
+        "viewBox",
+        "width",
+        "height",
+        "shape-rendering",
+        "role",
+        "aria-label",
+        "preserveAspectRatio",
+    },
+    f"{SVG}rect": {"x", "y", "width", "height", "fill"},
+    f"{SVG}path": {"d", "fill"},
+    f"{SVG}title": set(),
+    f"{SVG}desc": set(),
+}
 # Path commands with their arguments; E and e are left out, as exponents.
 _COMMAND = re.compile(r"([A-DF-Za-df-z])([^A-DF-Za-df-z]*)")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -40,6 +60,7 @@ def rasterize(data: bytes) -> Image.Image:
     guessed at.
     """
     root = _parse(data)
+    _check_allowed(root)
     box = _view_box(root)
     shapes = [
         element
@@ -71,6 +92,20 @@ def rasterize(data: bytes) -> Image.Image:
             ]
             draw.polygon(points, fill=grey)
     return image
+
+
+def _check_allowed(root: ElementTree.Element) -> None:
+    for element in root.iter():
+        allowed = ALLOWED.get(element.tag)
+        name = element.tag.replace(SVG, "")
+        if allowed is None:
+            raise ReadError(f"the SVG holds a <{name}>, which a QR SVG has no use for")
+        extra = sorted(set(element.attrib) - allowed)
+        if extra:
+            raise ReadError(
+                f"the SVG's <{name}> has {', '.join(extra)}, which could change "
+                "how the code shows; a QR SVG needs only shapes and fills"
+            )
 
 
 def _parse(data: bytes) -> ElementTree.Element:
