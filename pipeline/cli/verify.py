@@ -167,7 +167,12 @@ def progress_bar() -> Iterator[Callable[[AccountResult], None] | None]:
 
 def print_report(report: VerifyReport) -> None:
     """The table and summary to stdout; a failure also as an error on stderr."""
-    table = Table("account", "passed", "failed", "first failure", box=None)
+    table = Table(box=None)
+    # The account id is never cut: a CI log must say which account failed.
+    table.add_column("account", no_wrap=True, min_width=36)
+    table.add_column("passed")
+    table.add_column("failed")
+    table.add_column("first failure", overflow="fold")
     for account, passed, failures, reason in table_rows(report):
         table.add_row(Text(account), passed, failures, Text(reason))
     if report.accounts:
