@@ -486,7 +486,10 @@ def test_the_password_appears_nowhere(
     report = json.dumps(summary.to_json())
     ledger_bytes = b"".join(p.read_bytes() for p in batch.glob(f"{LEDGER_NAME}*"))
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    for encoded in (PASSWORD, base64.b64encode(PASSWORD.encode()).decode()):
+    # AUTH PLAIN carries base64("\0user\0password"), AUTH LOGIN base64(password).
+    plain = base64.b64encode(f"\0mailer\0{PASSWORD}".encode()).decode()
+    login = base64.b64encode(PASSWORD.encode()).decode()
+    for encoded in (PASSWORD, plain, login):
         assert encoded not in report
         assert encoded.encode() not in ledger_bytes
         assert encoded not in logged
