@@ -22,7 +22,8 @@
     ├── RenderError                  a template or kit render failed
     │   └── FetchRefusedError        a template asked for a forbidden URL
     └── DeliveryError                writing or sending a message failed
-        ├── SmtpConnectionError      could not connect, TLS failed
+        ├── SmtpConnectionError      could not connect, or the server went away
+        │   └── SmtpTlsError         TLS refused: certificate, or no STARTTLS
         └── SmtpAuthError            the SMTP server refused the credentials
 
 Messages say what failed and what to do, quoting the offending value; they never
@@ -157,6 +158,13 @@ class DeliveryError(KeymailError):
 
 class SmtpConnectionError(DeliveryError):
     """The SMTP server could not be reached or the TLS handshake failed."""
+
+
+class SmtpTlsError(SmtpConnectionError):
+    """TLS could not be set up: an untrusted certificate, or no STARTTLS.
+
+    A configuration problem (--cafile, the URL's scheme), not a passing one.
+    """
 
 
 class SmtpAuthError(DeliveryError):

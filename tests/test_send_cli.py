@@ -294,3 +294,14 @@ def test_the_password_never_shows(
         assert PASSWORD not in text
     for ledger_file in batch.glob(f"{LEDGER_NAME}*"):
         assert PASSWORD.encode() not in ledger_file.read_bytes()
+
+
+def test_an_untrusted_certificate_is_a_usage_error(
+    batch: Path, certificate: Certificate
+) -> None:
+    with smtp_server(mode="starttls", certificate=certificate) as server:
+        result = keymail("send", batch, "--smtp", server.url())  # no --cafile
+        assert server.handler.messages == []
+    assert result.exit_code == 2
+    assert "--cafile" in result.stderr
+    assert "rerun keymail send" not in result.stderr

@@ -24,6 +24,7 @@ from pipeline.errors import (
     RegistryError,
     SmtpAuthError,
     SmtpConnectionError,
+    SmtpTlsError,
     UsageError,
 )
 from pipeline.registry import Registry
@@ -182,6 +183,9 @@ def send_command(
                 progress=progress,
             )
     except (BatchError, SmtpAuthError) as exc:
+        error(str(exc))
+        raise typer.Exit(Exit.USAGE) from None
+    except SmtpTlsError as exc:
         error(str(exc))
         raise typer.Exit(Exit.USAGE) from None
     except SmtpConnectionError as exc:

@@ -16,7 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from pipeline.errors import SmtpAuthError, SmtpConnectionError, UsageError
+from pipeline.errors import (
+    SmtpAuthError,
+    SmtpConnectionError,
+    SmtpTlsError,
+    UsageError,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -310,7 +315,7 @@ class SmtpClient:
             else:
                 smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
         except (OSError, smtplib.SMTPException) as exc:
-            raise SmtpConnectionError(self._connect_message(exc)) from None
+            raise _connection_error(exc, self._connect_message(exc)) from None
         # Without TCP_NODELAY, Nagle's algorithm holds back the small writes of
         # each command until the peer's delayed ACK: about 45 ms per message.
         if smtp.sock is not None:
@@ -323,7 +328,7 @@ class SmtpClient:
             self._hello(smtp)
             if s.scheme == "smtp" and not s.allow_plaintext:
                 if not smtp.has_extn("starttls"):
-                    raise SmtpConnectionError(
+                    raise SmtpTlsError(
                         f"{s.url} does not offer STARTTLS; use smtps:// if the port "
                         "speaks implicit TLS (usually 465), or --allow-plaintext for "
                         "a loopback test server"
@@ -333,7 +338,7 @@ class SmtpClient:
             if s.user is not None:
                 self._login(smtp)
         except (OSError, smtplib.SMTPException) as exc:
-            raise SmtpConnectionError(self._connect_message(exc)) from None
+            raise _connection_error(exc, self._connect_message(exc)) from None
 
     def _hello(self, smtp: smtplib.SMTP) -> None:
         code, text = smtp.ehlo()
@@ -480,6 +485,13 @@ class SmtpClient:
             except smtplib.SMTPException:
                 self._drop()
         return Delivery(classify_refusal(code), _reply(code, text))
+
+
+def _connection_error(exc: BaseException, message: str) -> SmtpConnectionError:
+    """A TLS failure is a configuration error; anything else may pass."""
+    if isinstance(exc, ssl.SSLError):
+        return SmtpTlsError(message)
+    return SmtpConnectionError(message)
 
 
 def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
