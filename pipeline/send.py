@@ -93,13 +93,14 @@ class SendSummary:
     uncertain: int = 0
     pending: int = 0
     dry_run: bool = False
+    stopped: str | None = None
     problems: list[MessageResult] = field(default_factory=list)
     plan: list[PlannedMessage] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Nothing failed and nothing is uncertain."""
-        return self.failed == 0 and self.uncertain == 0
+        """Nothing failed, nothing is uncertain, and the run was not cut short."""
+        return self.failed == 0 and self.uncertain == 0 and self.stopped is None
 
     def to_json(self) -> dict[str, Any]:
         report = asdict(self)
@@ -373,7 +374,15 @@ def send_batch(
         sent_before = {
             k for k, r in run.states().items() if r.state is MessageState.SENT
         }
-        run.send_all(client, [m for m in messages if run.wants(m)])
+        try:
+            run.send_all(client, [m for m in messages if run.wants(m)])
+        except SmtpConnectionError as exc:
+            if not run.sent:
+                raise  # nothing went out: the error is the whole story
+            # The server went away mid-batch: report what did go out.
+            summary = _summary(messages, run.states(), sent_before, run.sent)
+            summary.stopped = str(exc)
+            return summary
         return _summary(messages, run.states(), sent_before, run.sent)
 
 

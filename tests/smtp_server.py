@@ -323,6 +323,9 @@ class RawScript:
 
     answers: dict[str, list[str]] = field(default_factory=dict)
     bodies: list[bytes] = field(default_factory=list)
+    # After this many messages the server goes away: it hangs up and refuses
+    # new connections.
+    stop_after: int | None = None
 
     def answer(self, verb: str, usual: str) -> str:
         queue = self.answers.get(verb) or []
@@ -349,6 +352,9 @@ class _RawHandler(socketserver.StreamRequestHandler):
                 if reply.startswith("354"):
                     script.bodies.append(self._body())
                     self._say(script.answer("END", "250 queued"))
+                    if script.stop_after and len(script.bodies) >= script.stop_after:
+                        self.server.socket.close()
+                        return
             elif verb in usual:
                 self._say(script.answer(verb, usual[verb]))
             else:

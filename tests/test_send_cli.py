@@ -16,9 +16,11 @@ from pipeline.deliver.ledger import LEDGER_NAME, Ledger
 from smtp_server import (
     DROP,
     Certificate,
+    RawScript,
     Recorder,
     Server,
     make_certificate,
+    raw_smtp_server,
     smtp_server,
     write_batch,
 )
@@ -95,6 +97,7 @@ def test_starttls_auth_with_a_password_file(
         "problems": [],
         "sent": 3,
         "skipped": 0,
+        "stopped": None,
         "uncertain": 0,
     }
 
@@ -305,3 +308,19 @@ def test_an_untrusted_certificate_is_a_usage_error(
     assert result.exit_code == 2
     assert "--cafile" in result.stderr
     assert "rerun keymail send" not in result.stderr
+
+
+def test_a_server_gone_mid_batch_still_gets_a_report(
+    batch: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    script = RawScript(stop_after=1)
+    with raw_smtp_server(script) as server:
+        result = plain(server, batch, "--retries", "1", "--json", report)
+
+    assert result.exit_code == 1
+    assert "sent 1," in result.stdout
+    assert "stopped early: cannot connect" in result.stderr
+    summary = json.loads(report.read_text())
+    assert (summary["sent"], summary["ok"]) == (1, False)
+    assert summary["stopped"].startswith("cannot connect")

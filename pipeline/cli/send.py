@@ -194,6 +194,11 @@ def send_command(
         fail(exc)
 
     print_summary(summary)
+    if summary.stopped:
+        error(
+            f"stopped early: {summary.stopped}",
+            "rerun keymail send when the server is back; sent messages stay sent",
+        )
     if json_report is not None:
         try:
             atomic_write(json_report, report_json(summary))
