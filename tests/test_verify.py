@@ -634,3 +634,93 @@ def test_an_empty_manifest_verifies_nothing_and_fails(
     assert (code, failures) == (1, {})
     assert "verified 0 account(s)" in out
     assert "lists no account" in err
+
+
+# Each remaining check, made to fail on its own ------------------------------------
+
+
+def _set_header(name: str, value: str) -> Callable[[EmailMessage], None]:
+    def change(message: EmailMessage) -> None:
+        del message[name]
+        message[name] = value
+
+    return change
+
+
+def _pad_html(message: EmailMessage) -> None:
+    html = find_part(message, "text/html")
+    padding = "<!-- " + "x" * 95_000 + " -->"
+    html.set_content(html.get_content() + padding, subtype="html")
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        (_set_header("To", "someone.else@example.com"), "mime.to"),
+        (_set_header("Message-ID", "<other@example.com>"), "mime.message_id"),
+        (_set_header("Subject", "A different subject"), "mime.subject"),
+        (_pad_html, "html.size"),
+    ],
+    ids=["to", "message-id", "subject", "html-size"],
+)
+def test_a_changed_message_fails_its_own_check(
+    cli: CliRunner,
+    batch: Path,
+    registry: Path,
+    tmp_path: Path,
+    change: Callable[[EmailMessage], None],
+    check: str,
+) -> None:
+    victim = account_ids(batch)[2]
+    edit_message(batch, victim, change)
+    rehash(batch, victim, "message.eml")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (victim, check) in failures
+
+
+def test_a_manifest_that_disagrees_with_the_code_fails_eak_manifest(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    rows = manifest(batch)
+    victim = str(rows[4]["account_id"])
+    rows[4]["password_epoch"] = 7
+    (batch / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (victim, "eak.manifest") in failures
+
+
+def test_a_missing_artifact_fails_artifacts_present(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[1]
+    (batch / victim / "qr.svg").unlink()
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (victim, "artifacts.present") in failures
+
+
+def test_a_two_page_kit_fails_pdf_pages(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    import pypdfium2
+
+    ids = account_ids(batch)
+    victim, other = ids[3], ids[4]
+    merged = pypdfium2.PdfDocument(batch / victim / "kit.pdf")
+    merged.import_pages(pypdfium2.PdfDocument(batch / other / "kit.pdf"))
+    merged.save(batch / victim / "kit.pdf")
+    merged.close()
+    rehash(batch, victim, "kit.pdf")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert (victim, "pdf.pages") in failures
