@@ -440,6 +440,9 @@ class _Run:
         self._writes: deque[Future[None]] = deque()
         self._unsaved: list[tuple[tuple[str, str], MessageState, str]] = []
         self._prefetched: tuple[tuple[str, str], Future[Envelope]] | None = None
+        # Next messages already marked `sending`, with the state to put back if
+        # the run ends before they go out.
+        self._premarked: dict[tuple[str, str], tuple[Future[None], MessageState]] = {}
 
     def states(self) -> dict[tuple[str, str], LedgerRow]:
         return {(r.account_id, r.message_id): r for r in self.ledger.rows()}
@@ -462,6 +465,17 @@ class _Run:
             finally:
                 self._save_outcomes()
                 self._settle_writes(wait=True)
+                self._unmark_unsent()
+
+    def _unmark_unsent(self) -> None:
+        """The run ended: marks made ahead for messages never sent go back."""
+        for key, (marked, prior) in self._premarked.items():
+            try:
+                marked.result()
+            except BatchError:
+                continue  # the mark was refused: nothing to put back
+            self.ledger.unmark(*key, prior)
+        self._premarked.clear()
 
     def _send_each(self, client: SmtpClient, fresh: deque[_Message]) -> None:
         connect_failures = 0
@@ -504,6 +518,9 @@ class _Run:
         attempt: int,
         upcoming: _Message | None,
     ) -> None:
+        # A message marked ahead keeps its mark whatever happens next: an
+        # outcome recorded below replaces it.
+        premarked = self._premarked.pop(message.key, None)
         current = self.options.current
         stale = current and current(
             message.account_id, message.key_generation, message.password_epoch
@@ -525,11 +542,15 @@ class _Run:
         # outcome of the message before, and read the next one, while the
         # server takes this one.
         assert self._helper is not None
-        marked = self._helper.submit(self.ledger.mark_sending, *message.key)
+        if premarked is not None:
+            marked = premarked[0]
+        else:
+            marked = self._helper.submit(self.ledger.mark_sending, *message.key)
         self._save_outcomes()
         if upcoming is not None:
             future = self._helper.submit(self._prepare, upcoming)
             self._prefetched = (upcoming.key, future)
+            self._premark(upcoming)
         try:
             delivery = client.send(envelope, marked.result)
         except SmtpConnectionError as exc:
@@ -543,6 +564,22 @@ class _Run:
             self._retry_later(message, attempt, delivery)
             return
         self._settle(message, state, str(delivery.reply))
+
+    def _premark(self, upcoming: _Message) -> None:
+        """Commit the next message's `sending` while the server takes this one.
+
+        The fsync then costs no wall time: on loopback it takes longer than the
+        MAIL, RCPT and DATA round trips it would otherwise overlap. The price:
+        a kill in between leaves the next message marked too, and a rerun
+        reports it uncertain although nothing of it was sent. Not done under a
+        rate limit, where the mark would stand for the whole pause.
+        """
+        if upcoming.key in self._premarked or self.pacer.limited:
+            return
+        assert self._helper is not None
+        prior = self._rows[upcoming.key].state
+        marked = self._helper.submit(self.ledger.mark_sending, *upcoming.key)
+        self._premarked[upcoming.key] = (marked, prior)
 
     def _envelope(self, message: _Message) -> Envelope:
         prefetched, self._prefetched = self._prefetched, None
@@ -637,6 +674,10 @@ class _Pacer:
         )
         self._clock = clock
         self._next = float("-inf")
+
+    @property
+    def limited(self) -> bool:
+        return self._interval > 0 or self._window is not None
 
     def delay(self) -> float:
         """Seconds until the next attempt may start."""

@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 import pipeline.cli.send  # noqa: F401  (registers the command)
 from pipeline.cli.app import app
-from pipeline.deliver.ledger import LEDGER_NAME, Ledger
+from pipeline.deliver.ledger import LEDGER_NAME, Ledger, MessageState, read_ledger
 
 from smtp_server import (
     DROP,
@@ -324,3 +324,12 @@ def test_a_server_gone_mid_batch_still_gets_a_report(
     summary = json.loads(report.read_text())
     assert (summary["sent"], summary["ok"]) == (1, False)
     assert summary["stopped"].startswith("cannot connect")
+    # The message marked ahead while the server went away was put back:
+    # nothing is left "sending", so nothing is reported uncertain.
+    states = {row.state for row in read_ledger(batch).values()}
+    assert states <= {
+        MessageState.SENT,
+        MessageState.PENDING,
+        MessageState.FAILED_TRANSIENT,
+    }
+    assert summary["uncertain"] == 0

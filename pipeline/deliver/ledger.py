@@ -186,6 +186,15 @@ class Ledger:
                 f"{account_id} is not ready to send (sent already, or unknown)"
             )
 
+    def unmark(self, account_id: str, message_id: str, state: MessageState) -> None:
+        """Put back a `sending` mark that was never followed by any data."""
+        self._execute(
+            "UPDATE messages SET state = ?, updated = ? "
+            "WHERE account_id = ? AND message_id = ? AND state = ?",
+            (state, self._clock(), account_id, message_id, MessageState.SENDING),
+            synchronous="FULL",
+        )
+
     def record(
         self, account_id: str, message_id: str, state: MessageState, reply: str
     ) -> None:
