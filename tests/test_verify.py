@@ -724,3 +724,33 @@ def test_a_two_page_kit_fails_pdf_pages(
 
     assert code == 1
     assert (victim, "pdf.pages") in failures
+
+
+def test_a_kit_qr_printed_too_small_fails_module_size_and_print_scan(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    from pipeline.render.env import DEFAULT_TEMPLATES
+
+    theme = Path(shutil.copytree(DEFAULT_TEMPLATES, tmp_path / "theme"))
+    css = theme / "kit.css"
+    css.write_text(css.read_text().replace("62mm", "14mm"))  # 49 modules: 0.29 mm
+    out, registry = tmp_path / "small", tmp_path / "registry.sqlite3"
+    with _testing.weak_kdf():
+        summary = run_batch(
+            BatchOptions(
+                records=RECORDS,
+                out=out,
+                registry=registry,
+                templates=theme,
+                workers=1,
+                kdf_params=_testing.FAST,
+                limit=1,
+            )
+        )
+    assert summary.generated == 1
+
+    code, _, _, failures = verify_cli(cli, out, registry, tmp_path)
+
+    assert code == 1
+    failed = {check for _, check in failures}
+    assert {"qr.module_size", "qr.print_scan"} <= failed
