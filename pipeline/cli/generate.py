@@ -232,18 +232,22 @@ def progress_bar(records: Path) -> Iterator[Progress | None]:
 def report(summary: BatchSummary, as_json: bool) -> None:
     if as_json:
         stdout.print(json.dumps(summary.as_dict(), indent=2), markup=False)
-        return
+    else:
+        _print_summary(summary)
+    if not summary.ok:
+        error(
+            f"{summary.rejected + summary.failed} record(s) not generated; "
+            f"see {Path(summary.out) / 'rejects.jsonl'}"
+        )
+
+
+def _print_summary(summary: BatchSummary) -> None:
     stdout.print(
         f"batch {summary.out}: {summary.generated} generated, {summary.skipped} "
         f"already done, {summary.rejected} rejected, {summary.failed} failed "
         f"in {summary.seconds:.1f} s ({summary.records_per_second:.1f} records/s)",
         markup=False,
     )
-    if not summary.ok:
-        error(
-            f"{summary.rejected + summary.failed} record(s) not generated; "
-            f"see {Path(summary.out) / 'rejects.jsonl'}"
-        )
 
 
 def _hint(exc: KeymailError) -> str | None:
