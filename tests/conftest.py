@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime as dt
 import logging
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from typer.testing import CliRunner
 import pipeline.cli  # noqa: F401  (registers every command)
 from pipeline.cli.app import app
 from pipeline.keys import _testing
+from pipeline.render.context import EmailContext
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -47,6 +51,33 @@ def invoke(
     """Run the CLI in-process; return exit code, stdout and stderr separately."""
     result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
+
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def make_context(seed: int = 1, **changes: object) -> EmailContext:
+    """A realistic account: a 136-character payload and 27 groups of 6."""
+    rng = random.Random(seed)
+    payload = "KM1:" + "".join(rng.choice(CROCKFORD) for _ in range(132))
+    groups = tuple("".join(rng.choice(CROCKFORD) for _ in range(6)) for _ in range(27))
+    ctx = EmailContext(
+        account_id="0f8e9a3c-5b2d-4e6f-8a1b-3c5d7e9f0a2b",
+        email="ada@example.com",
+        name="Ada Lovelace",
+        account_code="-".join(groups),
+        account_code_groups=groups,
+        qr_payload=payload,
+        issued=dt.date(2025, 3, 14),
+        key_generation=1,
+        password_epoch=1,
+        reason="new",
+        product="Acme Vault",
+        support_email="support@example.com",
+        sender="Acme Vault <noreply@mail.example.com>",
+        subject="Your Acme Vault account key",
+    )
+    return dataclasses.replace(ctx, **changes)  # type: ignore[arg-type]
 
 
 def write_records(

@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import http.server
 import io
-import random
 import re
 import shutil
 import threading
@@ -34,32 +33,9 @@ from pipeline.render.qr import (
     qr_version,
 )
 
-CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+from conftest import make_context
+
 QR_CID = "qr.km1.0f8e9a3c5b2d4e6f8a1b3c5d7e9f0a2b.g1.e1@mail.example.com"
-
-
-def make_context(seed: int = 1, **changes: object) -> EmailContext:
-    """A realistic account: a 136-character payload and 27 groups of 6."""
-    rng = random.Random(seed)
-    payload = "KM1:" + "".join(rng.choice(CROCKFORD) for _ in range(132))
-    groups = tuple("".join(rng.choice(CROCKFORD) for _ in range(6)) for _ in range(27))
-    ctx = EmailContext(
-        account_id="0f8e9a3c-5b2d-4e6f-8a1b-3c5d7e9f0a2b",
-        email="ada@example.com",
-        name="Ada Lovelace",
-        account_code="-".join(groups),
-        account_code_groups=groups,
-        qr_payload=payload,
-        issued=dt.date(2025, 3, 14),
-        key_generation=1,
-        password_epoch=1,
-        reason="new",
-        product="Acme Vault",
-        support_email="support@example.com",
-        sender="Acme Vault <noreply@mail.example.com>",
-        subject="Your Acme Vault account key",
-    )
-    return dataclasses.replace(ctx, **changes)  # type: ignore[arg-type]
 
 
 def normalize(text: str) -> str:
