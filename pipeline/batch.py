@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import resource
 import signal
 import time
@@ -416,12 +417,19 @@ class _Runner:
 
 
 def row_id(row: object) -> str:
-    """The account_id of a raw row, if it has a readable one, for rejects.jsonl."""
+    """The account_id of a raw row for rejects.jsonl, when it is a UUID.
+
+    Anything else stays out: in a row whose columns shifted, the account_id
+    column may hold the password.
+    """
     if isinstance(row, dict):
         value = row.get("account_id")
-        if isinstance(value, str) and len(value) <= 36:
+        if isinstance(value, str) and UUID_TEXT.fullmatch(value):
             return value
     return ""
+
+
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 # Worker side -------------------------------------------------------------------

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import email_validator
 
@@ -38,6 +38,7 @@ LOCALE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 # Characters that must never reach a header: C0/C1 controls, DEL, and the
 # Unicode line and paragraph separators some mail software treats as breaks.
 HEADER_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u0085]")
+LINE_BREAK = re.compile(r"[\r\n\u2028\u2029\u0085\v\f]")
 MAX_LINE_BYTES = 16 * 1024
 
 
@@ -81,14 +82,22 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
 def check_header(path: Path) -> None:
     """Refuse a records file whose format or CSV header is wrong, before any work."""
     if detect_format(path) == "csv":
-        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            _csv_columns(path, csv.reader(f))
+        with _open_text(path) as handle:
+            _csv_columns(path, next(_physical_lines(handle), (1, ""))[1])
 
 
-def _csv_columns(path: Path, reader: Iterator[list[str]]) -> list[str]:
-    header = next(reader, None)
-    if header is None:
+def _open_text(path: Path) -> TextIO:
+    # Universal newlines: a record ends at \n, \r\n or \r, whichever the file
+    # uses. surrogateescape: a byte that is not UTF-8 survives decoding as a
+    # lone surrogate, so only that record is refused, not the file.
+    return path.open(encoding="utf-8-sig", errors="surrogateescape")
+
+
+def _csv_columns(path: Path, header_line: str | None) -> list[str]:
+    if header_line is None or not header_line.strip():
         return []
+    parsed = parse_csv_line(header_line)
+    header = parsed if isinstance(parsed, list) else [""]
     unknown = [n for n, column in enumerate(header, start=1) if column not in FIELDS]
     if unknown or len(set(header)) != len(header):
         # The header cells are not quoted: a file without a header would have
@@ -102,28 +111,79 @@ def _csv_columns(path: Path, reader: Iterator[list[str]]) -> list[str]:
     return header
 
 
+def _physical_lines(handle: TextIO) -> Iterator[tuple[int, str | None]]:
+    """(number, text) of each line, without its line break; None for a line
+    longer than MAX_LINE_BYTES characters, which is skipped unread."""
+    number = 0
+    while True:
+        text = handle.readline(MAX_LINE_BYTES + 1)
+        if not text:
+            return
+        number += 1
+        if len(text) > MAX_LINE_BYTES and not text.endswith("\n"):
+            while text and not text.endswith("\n"):
+                text = handle.readline(MAX_LINE_BYTES)
+            yield number, None
+            continue
+        yield number, text.removesuffix("\n")
+
+
+UNCLOSED = "unclosed"
+
+
+def parse_csv_line(text: str) -> list[str] | str:
+    """The values of one CSV line, or why it has none: UNCLOSED when a quoted
+    value runs past the end of the line, else the parser's complaint.
+
+    Every record is one line: no field of a record may hold a line break, so a
+    quote left open must not swallow the records after it.
+    """
+    try:
+        return next(csv.reader([text], strict=True), [])
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return UNCLOSED
+        return str(exc)
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
-    # surrogateescape: a byte that is not UTF-8 survives decoding as a lone
-    # surrogate, so only that record is refused, not the file.
-    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        columns = _csv_columns(path, reader)
-        while True:
-            start = reader.line_num + 1
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield start, RecordError(start, "line", f"not valid CSV: {exc}")
+    with _open_text(path) as handle:
+        lines = _physical_lines(handle)
+        columns = _csv_columns(path, next(lines, (1, None))[1])
+        for number, text in lines:
+            if text is None:
+                yield number, RecordError(number, "line", "longer than 16 KiB")
                 continue
-            if not values:
+            if not text.strip():
+                continue
+            values = parse_csv_line(text)
+            if values == UNCLOSED:
+                # The lines after it are read as records of their own: what
+                # the quote would have swallowed is refused or made, not lost.
+                yield number, _unclosed(number, text, columns)
+                continue
+            if isinstance(values, str):
+                yield number, RecordError(number, "line", f"not valid CSV: {values}")
                 continue
             if len(values) != len(columns):
                 reason = f"{len(values)} values for {len(columns)} columns"
-                yield start, RecordError(start, "line", reason)
+                yield number, RecordError(number, "line", reason)
                 continue
-            yield start, dict(zip(columns, values, strict=True))
+            yield number, dict(zip(columns, values, strict=True))
+
+
+def _unclosed(number: int, text: str, columns: list[str]) -> RecordError:
+    """The error for a line whose quoted value runs on past its end."""
+    closed = parse_csv_line(text + '"')
+    index = len(closed) - 1 if isinstance(closed, list) else len(columns)
+    name = columns[index] if 0 <= index < len(columns) else "line"
+    return RecordError(
+        number,
+        name,
+        "a quoted value runs past the end of the line: a record is one line, "
+        "and no field may hold a line break (one in a name or email would "
+        "reach an email header)",
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
@@ -197,10 +257,13 @@ def _validate(line: int, row: dict[str, Any], password: str | None) -> AccountRe
         raise RecordError(
             line,
             "locale",
-            f"not a language tag like 'en' or 'de-CH': {_shown(locale, LOCALE_SHAPE)}",
+            f"not a language tag (such as en or de-CH): {_shown(locale, LOCALE_SHAPE)}",
         )
 
     password = values["password"] or password
+    if password and LINE_BREAK.search(password):
+        # Neither a sign-in form nor --password-file (one line) takes it.
+        raise RecordError(line, "password", "holds a line break: no sign-in takes one")
     encrypted = values["encrypted_key"]
     if password and encrypted:
         raise RecordError(
@@ -246,9 +309,12 @@ def _shown(value: str, shape: str) -> str:
     return f"(a value of {len(value)} characters, not shown)"
 
 
-ID_SHAPE = r"[0-9A-Fa-f-]{1,40}"
-LOCALE_SHAPE = r"[A-Za-z0-9_.@-]{1,12}"
-EMAIL_SHAPE = r"[^@\s]{0,64}@[^@\s]{0,255}"
+# What a value must look like to be quoted. A UUID that does not parse is
+# never quoted (a hex password would look like one); a locale is quoted when
+# it looks like a POSIX one (en_US.UTF-8), an email when it has an @ and
+# either nothing or a dotted domain after it.
+LOCALE_SHAPE = r"[a-z]{2,3}([_-][A-Za-z]{2,4})?(\.[A-Za-z0-9-]{1,12})?(@[a-z]{1,12})?"
+EMAIL_SHAPE = r"[^@\s]{1,64}@([^@\s]+\.[^@\s]+)?"
 
 
 def _account_id(line: int, value: str | None) -> uuid.UUID:
@@ -258,7 +324,9 @@ def _account_id(line: int, value: str | None) -> uuid.UUID:
         parsed = uuid.UUID(value)
     except ValueError:
         raise RecordError(
-            line, "account_id", f"not a UUID: {_shown(value, ID_SHAPE)}"
+            line,
+            "account_id",
+            f"not a UUID: (a value of {len(value)} characters, not shown)",
         ) from None
     if str(parsed) != value.lower():
         raise RecordError(
@@ -340,9 +408,10 @@ class SecretsFile:
     def _csv_values(self, raw: bytes) -> list[str] | None:
         try:
             text = raw.decode("utf-8-sig").removesuffix("\n").removesuffix("\r")
-            return next(csv.reader([text]))
-        except (UnicodeDecodeError, csv.Error, StopIteration):
+        except UnicodeDecodeError:
             return None
+        values = parse_csv_line(text)
+        return values if isinstance(values, list) and values else None
 
     def _row(self, raw: bytes) -> dict[str, Any]:
         """One line as a dict; {"malformed": True} when it cannot be read whole."""
@@ -376,7 +445,8 @@ class SecretsFile:
         if row.get("malformed"):
             raise SecretsRowError(
                 f"its line in {self._path.name} does not have "
-                f"{len(self._columns)} values; quote a password that holds a comma"
+                f"{len(self._columns)} values; quote a password that holds a comma "
+                "(a password cannot hold a line break)"
             )
         value = row.get("password")
         return value if isinstance(value, str) and value else None

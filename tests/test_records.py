@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import tracemalloc
 import uuid
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.batch import row_id
 from pipeline.errors import RecordError, UsageError
 from pipeline.records import (
     DuplicateFilter,
@@ -74,8 +76,52 @@ def test_each_bad_field_is_named_with_a_reason(
 def test_bad_fixture_rows_are_read_with_their_lines() -> None:
     rows = list(read_rows(FIXTURES / "bad-accounts.csv"))
     lines = [line for line, _ in rows]
-    # The record with a quoted line break spans lines 7 and 8.
-    assert lines == [2, 3, 4, 5, 6, 7, 9, 10, 11, 12]
+    # Line 7 opens a quoted name with a line break in it; line 8, the rest of
+    # that name, is read (and refused) as a record of its own.
+    assert lines == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    errors = {line: row for line, row in rows if isinstance(row, RecordError)}
+    assert errors[7].field == "name" and "line break" in errors[7].reason
+    assert errors[8].field == "line"
+
+
+def test_an_unclosed_quote_loses_no_record_after_it(tmp_path: Path) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3000)]
+    path = tmp_path / "r.csv"
+    with path.open("w", newline="") as handle:
+        handle.write("account_id,email,name,locale,password\n")
+        handle.write(f'{ids[0]},a0@example.com,"Ann O,en,CANARY-open-quote\n')
+        for n, account_id in enumerate(ids[1:], start=1):
+            handle.write(f"{account_id},a{n}@example.com,Name {n},en,pw-{n}-long\r\n")
+
+    rows = list(read_rows(path))
+
+    assert len(rows) == 3000
+    first_line, first = rows[0]
+    assert first_line == 2 and isinstance(first, RecordError)
+    assert first.field == "name" and "CANARY" not in first.reason
+    good = [row for _, row in rows[1:]]
+    assert all(isinstance(row, dict) for row in good)
+    assert [row["account_id"] for row in good if isinstance(row, dict)] == ids[1:]
+    assert [line for line, _ in rows[1:]] == list(range(3, 3002))
+
+
+def test_a_line_longer_than_the_limit_is_refused_alone(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "account_id,email,name,locale,password\n"
+        + "x" * 100_000
+        + "\n"
+        + f"{GOOD['account_id']},a@example.com,Ann,en,pw-123456\n"
+    )
+    rows = list(read_rows(path))
+    assert [line for line, _ in rows] == [2, 3]
+    assert isinstance(rows[0][1], RecordError) and "16 KiB" in rows[0][1].reason
+    assert isinstance(rows[1][1], dict)
+
+
+def test_a_password_with_a_line_break_is_refused() -> None:
+    field, why = reason(GOOD, password="two\nlines")
+    assert field == "password" and "line break" in why
 
 
 def test_jsonl_reports_broken_lines_and_goes_on(tmp_path: Path) -> None:
@@ -170,7 +216,7 @@ def test_password_in_the_wrong_field_is_never_quoted(field: str) -> None:
 
 
 def test_the_records_own_password_is_hidden_when_quoted() -> None:
-    found, why = reason(GOOD, locale="hunter2", password="hunter2")
+    found, why = reason(GOOD, locale="en_US.UTF-8", password="en_US.UTF-8")
     assert found == "locale"
     assert why.endswith("(hidden: it is the password)")
 
@@ -225,4 +271,43 @@ def test_secrets_are_taken_exactly_as_written(tmp_path: Path) -> None:
     for broken in ids[2:]:
         with pytest.raises(SecretsRowError, match="quote a password"):
             secrets.password(broken)
+    secrets.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("locale", "CANARYxpw7"),
+        ("locale", "canaryxpw"),
+        ("email", "CANARY@pw"),
+        ("account_id", "CANARY8x"),
+        ("account_id", "deadbeefCANARY"),
+    ],
+)
+def test_short_passwords_in_the_wrong_column_are_never_quoted(
+    field: str, value: str
+) -> None:
+    found, why = reason(GOOD, **{field: value, "password": "en"})
+    assert found == field
+    assert value not in why and "(hidden" not in why
+
+
+def test_a_reject_names_an_account_only_by_a_uuid() -> None:
+    assert row_id({"account_id": GOOD["account_id"]}) == GOOD["account_id"]
+    assert row_id({"account_id": "CANARY-pw", "password": "CANARY-pw"}) == ""
+    assert row_id({"account_id": "../../etc/passwd"}) == ""
+
+
+def test_a_secret_with_a_line_break_is_refused_not_cut(tmp_path: Path) -> None:
+    ids = [uuid.uuid4() for _ in range(2)]
+    path = tmp_path / "s.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["account_id", "password"])
+        writer.writerow([str(ids[0]), "multi\nline password"])
+        writer.writerow([str(ids[1]), "one line password"])
+    secrets = SecretsFile(path, scratch_db(tmp_path / "s.db"))
+    with pytest.raises(SecretsRowError, match="line break"):
+        secrets.password(ids[0])
+    assert secrets.password(ids[1]) == "one line password"
     secrets.close()

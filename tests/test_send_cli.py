@@ -292,7 +292,7 @@ def test_the_password_never_shows(
             env={"KEYMAIL_SMTP_PASSWORD": PASSWORD},
         )
     assert result.exit_code == 1
-    assert "keymail: INFO: sent <km1." in result.stderr  # the log did reach stderr
+    assert "keymail: info: sent <km1." in result.stderr  # the log did reach stderr
     for text in (result.stdout, result.stderr, report.read_text()):
         assert PASSWORD not in text
     for ledger_file in batch.glob(f"{LEDGER_NAME}*"):

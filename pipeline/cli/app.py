@@ -69,11 +69,18 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     elif verbose > 1:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("keymail: %(levelname)s: %(message)s"))
+    handler.setFormatter(_Prefixed())
     root = logging.getLogger("pipeline")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+class _Prefixed(logging.Formatter):
+    """`keymail: warning: ...`, in the same form as the CLI's own errors."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return f"keymail: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def _version(value: bool) -> None:
