@@ -153,7 +153,7 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
     """Generate the emails of every valid record; see the module docstring."""
     out = options.out
     check_header(options.records)
-    if out.exists() and not (out / BATCH_FILE).exists() and any(out.iterdir()):
+    if out.exists() and not (out / BATCH_FILE).exists() and not _unstarted(out):
         raise BatchError(f"{out} exists and is not empty; choose another --out")
     lock = _lock(ensure_dir(out))
     try:
@@ -526,6 +526,7 @@ def _open_batch(options: BatchOptions) -> dict[str, Any]:
     meta_path = out / BATCH_FILE
     wanted = _run_settings(options)
     if not meta_path.exists():
+        _sweep_temp_files(out)
         meta = {
             "batch_id": uuid.uuid4().hex,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -592,6 +593,18 @@ def _lock(out: Path) -> int:
         raise BatchError(f"another keymail process is working on {out}") from None
     _lock_fd = fd
     return fd
+
+
+def _unstarted(out: Path) -> bool:
+    """True when `out` holds at most what a run killed before writing batch.json
+    leaves: the lock file and temp files."""
+    return all(
+        entry.name == LOCK_FILE or _TEMP_NAME.fullmatch(entry.name)
+        for entry in out.iterdir()
+    )
+
+
+_TEMP_NAME = re.compile(r"\..+\.tmp")
 
 
 def _sweep_temp_files(out: Path) -> None:

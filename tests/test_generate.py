@@ -244,6 +244,24 @@ def test_existing_batch_needs_resume(cli: CliRunner, tmp_path: Path) -> None:
     assert len(manifest(out)) == 8
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_left_by_a_kill_at_start_is_taken(
+    cli: CliRunner, tmp_path: Path, resume: bool
+) -> None:
+    # What a run killed between taking the lock and writing batch.json leaves.
+    out = tmp_path / "batch"
+    out.mkdir(mode=0o700)
+    (out / ".lock").touch()
+    (out / ".batch.json.k1ll3d.tmp").write_text('{"batch_id": ')
+
+    extra = ("--resume",) if resume else ()
+    code, stdout, stderr = generate(cli, FIXTURES / "accounts.csv", out, *extra)
+
+    assert (code, stderr) == (0, "")
+    assert "8 generated" in stdout
+    assert not list(out.glob("**/*.tmp"))
+
+
 def test_canary_passwords_appear_nowhere(cli: CliRunner, tmp_path: Path) -> None:
     records = tmp_path / "canary.csv"
     write_records(records, 5, password="CANARY-{n}-s3cret-pw")
