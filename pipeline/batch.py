@@ -43,6 +43,8 @@ from pipeline.errors import (
     KeymailError,
     RecordError,
     RegistryError,
+    RenderError,
+    UsageError,
 )
 from pipeline.keys import kdf
 from pipeline.keys.kdf import KdfParams
@@ -153,6 +155,7 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
     """Generate the emails of every valid record; see the module docstring."""
     out = options.out
     check_header(options.records)
+    _check_templates(options)
     if out.exists() and not (out / BATCH_FILE).exists() and not _unstarted(out):
         raise BatchError(f"{out} exists and is not empty; choose another --out")
     lock = _lock(ensure_dir(out))
@@ -181,6 +184,18 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
         summary.seconds,
     )
     return summary
+
+
+def _check_templates(options: BatchOptions) -> None:
+    """Refuse a template folder whose kit.css cannot load, before any work.
+
+    Workers load it as they start; a refusal there would break the pool
+    rather than fail records, and it would fail every record alike.
+    """
+    try:
+        Producer(options.settings, options.templates)
+    except RenderError as exc:
+        raise UsageError(f"templates {str(options.templates)!r}: {exc}") from None
 
 
 def count_records(path: Path) -> int:

@@ -7,6 +7,7 @@ import email.policy
 import hashlib
 import json
 import re
+import shutil
 import sqlite3
 import stat
 import threading
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 from pipeline import keys
 from pipeline.produce import ARTIFACTS
 
-from conftest import FAST_KDF, FIXTURES, invoke, write_records
+from conftest import FAST_KDF, FIXTURES, ROOT, invoke, write_records
 from smtp_server import smtp_server
 
 pytestmark = pytest.mark.usefixtures("weak_kdf")
@@ -360,6 +361,32 @@ def test_template_fetching_outside_its_folder_fails_the_record(
     reasons = [str(row["reason"]) for row in rejects(out)]
     assert len(reasons) == 8
     assert all(url in reason for reason in reasons)
+    assert _CountingHandler.hits == 0
+
+
+@pytest.mark.parametrize("css", ["@import url('{http}/b.css');", "symlink"])
+def test_a_kit_css_that_fetches_outside_is_a_usage_error(
+    cli: CliRunner, tmp_path: Path, http_server: str, css: str
+) -> None:
+    templates = tmp_path / "theme"
+    templates.mkdir()
+    shutil.copy(ROOT / "templates" / "default" / "kit.html.j2", templates)
+    if css == "symlink":
+        (templates / "kit.css").symlink_to("/etc/passwd")
+    else:
+        (templates / "kit.css").write_text(css.format(http=http_server))
+    _CountingHandler.hits = 0
+    out = tmp_path / "batch"
+
+    code, stdout, stderr = generate(
+        cli, FIXTURES / "accounts.csv", out, "--templates", str(templates)
+    )
+
+    assert (code, stdout) == (2, "")
+    assert stderr.startswith("keymail: error: templates ")
+    assert "outside the template folder" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
     assert _CountingHandler.hits == 0
 
 
