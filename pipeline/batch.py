@@ -170,6 +170,7 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
         with Registry(options.registry) as registry:
             runner = _Runner(options, batch["batch_id"], registry, summary, progress)
             runner.run()
+        finish_batch(out, batch, limit=options.limit)
     finally:
         os.close(lock)
         (out / SCRATCH).unlink(missing_ok=True)
@@ -566,7 +567,23 @@ def _open_batch(options: BatchOptions) -> dict[str, Any]:
     _sweep_temp_files(out)
     repair_jsonl(out / MANIFEST)
     repair_jsonl(out / REJECTS)
+    if "finished" in meta:
+        # This run may go further than the one that finished (a larger
+        # --limit); until it ends, the batch is not finished.
+        meta = {k: v for k, v in meta.items() if k not in ("finished", "limit")}
+        atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return dict(meta)
+
+
+def finish_batch(out: Path, meta: dict[str, Any], *, limit: int | None) -> None:
+    """Mark in batch.json that a run went through every record (or its --limit).
+
+    `keymail verify` fails a batch without the mark: a run that was killed or
+    is still going has accounts that are neither in the manifest nor rejected.
+    """
+    finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    meta = {**meta, "finished": finished, "limit": limit}
+    atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def _run_settings(options: BatchOptions) -> dict[str, Any]:
@@ -582,8 +599,9 @@ def _run_settings(options: BatchOptions) -> dict[str, Any]:
     }
 
 
-def open_single_batch(out: Path, reason: str, registry: Path) -> str:
-    """A batch folder for one reissued email (change, reset, resend); its id."""
+def open_single_batch(out: Path, reason: str, registry: Path) -> dict[str, Any]:
+    """A batch folder for one reissued email (change, reset, resend); its
+    batch.json, for `finish_batch` once the email is written."""
     if out.exists() and any(out.iterdir()):
         raise BatchError(f"{out} exists and is not empty; choose another --out")
     ensure_dir(out)
@@ -595,7 +613,7 @@ def open_single_batch(out: Path, reason: str, registry: Path) -> str:
         "keymail_version": __version__,
     }
     atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
-    return str(meta["batch_id"])
+    return meta
 
 
 def _lock(out: Path) -> int:

@@ -23,7 +23,7 @@ import zxingcpp
 from PIL import Image
 
 from pipeline import keys
-from pipeline.batch import open_single_batch
+from pipeline.batch import finish_batch, open_single_batch
 from pipeline.config import Settings
 from pipeline.deliver.disk import append_jsonl
 from pipeline.errors import CodeError, KeystoreError, MalformedCodeError, UsageError
@@ -260,7 +260,8 @@ def _reissue(
 ) -> dict[str, object]:
     """Write the new email, then the registry, then the manifest line."""
     account = Account(str(state.account_id), entry.email, entry.name, entry.locale)
-    batch_id = open_single_batch(reissue.out, reason, registry.path)
+    batch = open_single_batch(reissue.out, reason, registry.path)
+    batch_id = batch["batch_id"]
     producer = Producer(reissue.settings, reissue.templates)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     produced = producer.produce(account, eak, reason, reissue.out, now=now)
@@ -270,6 +271,7 @@ def _reissue(
         )
     row = manifest_row(1, account, produced, eak, reason, state.key_check)
     append_jsonl(reissue.out / "manifest.jsonl", row)
+    finish_batch(reissue.out, batch, limit=None)
     return row
 
 

@@ -48,6 +48,12 @@ def test_kill_then_resume_finishes_each_account_once(tmp_path: Path) -> None:
     child.wait()
     done_before = manifest_ids(out)
     assert 4 <= len(done_before) < 24
+    registry = ["--registry", str(tmp_path / "registry.sqlite3")]
+    unfinished = subprocess.run(
+        keymail("verify", str(out), *registry), capture_output=True, text=True
+    )
+    assert unfinished.returncode == 1
+    assert "batch: batch.finished: the run that made this batch" in unfinished.stderr
 
     finished = subprocess.run(
         keymail(*args, "--resume"), capture_output=True, text=True
@@ -64,6 +70,12 @@ def test_kill_then_resume_finishes_each_account_once(tmp_path: Path) -> None:
             assert hashlib.sha256(data).hexdigest() == row["artifacts"][name]["sha256"]
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+    verified = subprocess.run(
+        keymail("verify", str(out), *registry, "--records", str(records)),
+        capture_output=True,
+        text=True,
+    )
+    assert (verified.returncode, verified.stderr) == (0, "")
 
 
 def test_workers_die_with_a_killed_parent(tmp_path: Path) -> None:

@@ -171,10 +171,12 @@ def test_the_junit_report_has_a_testcase_per_account_and_check(
     junit = tmp_path / "verify.xml"
     suite = ElementTree.parse(junit).getroot()  # noqa: S314  (our own report)
     cases = [(c.get("classname"), c.get("name")) for c in suite.iter("testcase")]
-    expected = [(a, name) for a in account_ids(batch) for name in CHECK_NAMES]
+    expected = [("batch", "batch.finished"), ("batch", "batch.records")]
+    expected += [(a, name) for a in account_ids(batch) for name in CHECK_NAMES]
     assert cases == expected
     assert suite.get("tests") == str(len(expected))
-    assert suite.get("skipped") == "8"  # eak.unwrap without passwords
+    # eak.unwrap without passwords, batch.records without --records
+    assert suite.get("skipped") == "9"
 
 
 def test_the_library_reports_without_printing(
@@ -636,6 +638,86 @@ def test_an_empty_manifest_verifies_nothing_and_fails(
     assert "lists no account" in err
 
 
+def test_a_batch_whose_run_did_not_finish_fails_batch_finished(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    meta = json.loads((batch / "batch.json").read_text())
+    del meta["finished"]
+    (batch / "batch.json").write_text(json.dumps(meta))
+
+    code, _, err, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert list(failures) == [("batch", "batch.finished")]
+    assert "keymail generate --resume" in failures[("batch", "batch.finished")]
+    assert "batch: batch.finished:" in err
+
+
+def test_a_record_missing_from_the_batch_fails_batch_records(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    rows = manifest(batch)
+    del rows[5]  # the sixth record: line 7 of the CSV, after the header
+    (batch / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    code, _, err, failures = verify_cli(
+        cli, batch, registry, tmp_path, "--records", str(RECORDS)
+    )
+
+    assert code == 1
+    assert list(failures) == [("batch", "batch.records")]
+    reason = failures[("batch", "batch.records")]
+    assert "1 record(s) of accounts.csv are neither in the manifest" in reason
+    assert "(line 7)" in reason
+    assert "batch: batch.records:" in err
+
+
+def test_rejected_records_count_as_accounted_for(tmp_path: Path) -> None:
+    bad = FIXTURES / "bad-accounts.csv"
+    out, registry = tmp_path / "bad", tmp_path / "registry.sqlite3"
+    with _testing.weak_kdf():
+        summary = run_batch(
+            BatchOptions(
+                records=bad,
+                out=out,
+                registry=registry,
+                workers=1,
+                kdf_params=_testing.FAST,
+            )
+        )
+    assert summary.rejected > 0
+
+    report = verify_batch(out, registry_path=registry, records=bad, workers=1)
+
+    assert report.ok
+    statuses = {check.name: check.status for check in report.batch_checks}
+    assert statuses == {"batch.finished": "pass", "batch.records": "pass"}
+
+
+def test_a_batch_cut_short_by_limit_says_so(tmp_path: Path) -> None:
+    out, registry = tmp_path / "short", tmp_path / "registry.sqlite3"
+    with _testing.weak_kdf():
+        run_batch(
+            BatchOptions(
+                records=RECORDS,
+                out=out,
+                registry=registry,
+                workers=1,
+                kdf_params=_testing.FAST,
+                limit=3,
+            )
+        )
+
+    report = verify_batch(out, registry_path=registry, records=RECORDS, workers=1)
+
+    assert not report.ok
+    finished, records = report.batch_checks
+    assert finished.status == "pass"
+    assert records.status == "fail"
+    assert "5 record(s)" in records.reason
+    assert "--limit 3" in records.reason
+
+
 # Each remaining check, made to fail on its own ------------------------------------
 
 
@@ -754,3 +836,4 @@ def test_a_kit_qr_printed_too_small_fails_module_size_and_print_scan(
     assert code == 1
     failed = {check for _, check in failures}
     assert {"qr.module_size", "qr.print_scan"} <= failed
+

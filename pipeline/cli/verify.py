@@ -47,8 +47,8 @@ def verify_command(
     records: Path | None = typer.Option(
         None,
         "--records",
-        help="The records file of the batch; its password column is used "
-        "like --secrets.",
+        help="The records file of the batch: every record must be generated "
+        "or rejected, and its password column is used like --secrets.",
     ),
     registry: Path = typer.Option(
         DEFAULT_REGISTRY, "--registry", help="Registry (SQLite) of the batch."
@@ -72,7 +72,9 @@ def verify_command(
     account codes (text, HTML, kit) all hold the same EAK; that EAK matches the
     registry and the manifest and, given a password, unwraps to the account's
     current key. Independent decoders read everything back: zxing-cpp, pdfium
-    and the Python email parser.
+    and the Python email parser. The batch itself must be finished (a killed
+    generate is not) and, with --records, hold every record of that file,
+    generated or rejected.
 
     Prints a table and a summary; --json and --junit write reports for CI.
     Nothing printed or written holds a password, an account key or a code.
@@ -99,6 +101,7 @@ def verify_command(
                 batch_dir,
                 registry_path=registry,
                 passwords=passwords,
+                records=records,
                 workers=workers,
                 progress=done,
             )
@@ -180,6 +183,9 @@ def print_report(report: VerifyReport) -> None:
     stdout.print(report.summary(), markup=False)
 
     failed = report.failed_accounts
+    batch_failure = report.batch_failure
+    if batch_failure is not None:
+        error(f"batch: {batch_failure.name}: {batch_failure.reason}")
     if failed:
         first = failed[0].first_failure
         assert first is not None

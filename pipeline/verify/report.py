@@ -70,10 +70,21 @@ class VerifyReport:
     accounts: list[AccountResult] = field(default_factory=list)
     rejected: int = 0
     seconds: float = 0.0
+    # Checks of the batch as a whole: did the run finish, is every record of
+    # the records file generated or rejected.
+    batch_checks: tuple[CheckResult, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return bool(self.accounts) and all(account.ok for account in self.accounts)
+        return (
+            bool(self.accounts)
+            and all(account.ok for account in self.accounts)
+            and not any(check.failed for check in self.batch_checks)
+        )
+
+    @property
+    def batch_failure(self) -> CheckResult | None:
+        return next((check for check in self.batch_checks if check.failed), None)
 
     @property
     def failed_accounts(self) -> list[AccountResult]:
@@ -91,6 +102,8 @@ class VerifyReport:
         )
         if self.rejected:
             text += f"; {self.rejected} record(s) were rejected when generating"
+        if self.batch_failure is not None:
+            text += f"; the batch fails {self.batch_failure.name}"
         return text
 
 
@@ -103,19 +116,21 @@ def to_dict(report: VerifyReport) -> dict[str, Any]:
         "failed_accounts": len(report.failed_accounts),
         "rejected": report.rejected,
         "seconds": round(report.seconds, 3),
+        "batch_checks": [_check_dict(check) for check in report.batch_checks],
         "results": [
             {
                 "account_id": account.account_id,
                 "line": account.line,
                 "ok": account.ok,
-                "checks": [
-                    {"name": c.name, "status": c.status, "reason": c.reason}
-                    for c in account.checks
-                ],
+                "checks": [_check_dict(check) for check in account.checks],
             }
             for account in report.accounts
         ],
     }
+
+
+def _check_dict(check: CheckResult) -> dict[str, str]:
+    return {"name": check.name, "status": check.status, "reason": check.reason}
 
 
 def to_json(report: VerifyReport) -> str:
@@ -123,8 +138,15 @@ def to_json(report: VerifyReport) -> str:
 
 
 def to_junit(report: VerifyReport) -> bytes:
-    """One <testsuite>; a <testcase classname=account_id name=check> per check."""
-    results = [check for account in report.accounts for check in account.checks]
+    """One <testsuite>; a <testcase classname=account_id name=check> per check,
+    and classname "batch" for the checks of the batch as a whole."""
+    cases = [("batch", check) for check in report.batch_checks]
+    cases += [
+        (account.account_id, check)
+        for account in report.accounts
+        for check in account.checks
+    ]
+    results = [check for _, check in cases]
     suite = ElementTree.Element(
         "testsuite",
         {
@@ -136,24 +158,21 @@ def to_junit(report: VerifyReport) -> bytes:
             "time": f"{report.seconds:.3f}",
         },
     )
-    for account in report.accounts:
-        for check in account.checks:
-            case = ElementTree.SubElement(
-                suite,
-                "testcase",
-                {
-                    "classname": account.account_id,
-                    "name": check.name,
-                    "time": f"{check.seconds:.3f}",
-                },
-            )
-            if check.failed:
-                failure = ElementTree.SubElement(
-                    case, "failure", {"message": check.reason}
-                )
-                failure.text = check.reason
-            elif check.status == "skip":
-                ElementTree.SubElement(case, "skipped", {"message": check.reason})
+    for classname, check in cases:
+        case = ElementTree.SubElement(
+            suite,
+            "testcase",
+            {
+                "classname": classname,
+                "name": check.name,
+                "time": f"{check.seconds:.3f}",
+            },
+        )
+        if check.failed:
+            failure = ElementTree.SubElement(case, "failure", {"message": check.reason})
+            failure.text = check.reason
+        elif check.status == "skip":
+            ElementTree.SubElement(case, "skipped", {"message": check.reason})
     ElementTree.indent(suite)
     body: bytes = ElementTree.tostring(suite, encoding="utf-8", xml_declaration=True)
     return body + b"\n"

@@ -15,9 +15,10 @@ from typing import Any
 
 from pipeline.deliver.disk import read_jsonl
 from pipeline.errors import BatchError
+from pipeline.records import read_rows
 from pipeline.registry import Registry
 from pipeline.verify.checks import AccountJob, verify_account
-from pipeline.verify.report import AccountResult, VerifyReport
+from pipeline.verify.report import AccountResult, CheckResult, VerifyReport
 
 log = logging.getLogger("pipeline.verify")
 
@@ -35,6 +36,7 @@ def verify_batch(
     *,
     registry_path: Path,
     passwords: Passwords | None = None,
+    records: Path | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> VerifyReport:
@@ -42,15 +44,23 @@ def verify_batch(
 
     `passwords` maps an account_id to its password, or None when unknown; the
     EAK is unwrapped only for accounts that have one (one KDF run each).
+    The batch as a whole must be finished and, given the `records` file it
+    was made from, hold every record of it, generated or rejected.
     Raises BatchError for a folder without a manifest and RegistryError for a
     missing or unreadable registry; a failed check is a result, not an error.
     """
     started = time.perf_counter()
     rows = _manifest(batch_dir)
+    rejects = read_jsonl(batch_dir / REJECTS)
+    meta = _meta(batch_dir)
     report = VerifyReport(
-        batch_id=_batch_id(batch_dir),
+        batch_id=str(meta.get("batch_id", batch_dir.name)),
         batch_dir=str(batch_dir),
-        rejected=len(read_jsonl(batch_dir / REJECTS)),
+        rejected=len(rejects),
+        batch_checks=(
+            _finished(meta),
+            _every_record(records, rows, rejects, meta.get("limit")),
+        ),
     )
     on_result = progress or (lambda result: None)
     pool_size = max(1, min(workers or os.cpu_count() or 1, len(rows)))
@@ -88,12 +98,67 @@ def _manifest(batch_dir: Path) -> list[dict[str, Any]]:
         raise BatchError(f"{manifest} is not JSON lines: {exc}") from None
 
 
-def _batch_id(batch_dir: Path) -> str:
+def _meta(batch_dir: Path) -> dict[str, Any]:
+    """batch.json, or {} when it is missing or unreadable."""
     try:
         meta = json.loads((batch_dir / BATCH_FILE).read_text())
-        return str(meta["batch_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return batch_dir.name
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _finished(meta: dict[str, Any]) -> CheckResult:
+    """batch.finished: the run that made the batch went through every record."""
+    name = "batch.finished"
+    if not meta:
+        return CheckResult(name, "fail", f"no readable {BATCH_FILE} in the folder")
+    if "finished" not in meta:
+        return CheckResult(
+            name,
+            "fail",
+            "the run that made this batch did not finish (killed, or still "
+            "running): finish it with keymail generate --resume",
+        )
+    return CheckResult(name, "pass")
+
+
+def _every_record(
+    records: Path | None,
+    rows: list[dict[str, Any]],
+    rejects: list[dict[str, Any]],
+    limit: object,
+) -> CheckResult:
+    """batch.records: each record of the records file is generated or rejected."""
+    name = "batch.records"
+    if records is None:
+        return CheckResult(name, "skip", "no --records file given")
+    generated = {str(row.get("account_id")) for row in rows}
+    rejected = {row.get("line") for row in rejects}
+    missing = []
+    for line, row in read_rows(records):
+        if line in rejected:
+            continue
+        if isinstance(row, dict) and str(row.get("account_id")) in generated:
+            continue
+        missing.append(line)
+    if not missing:
+        return CheckResult(name, "pass")
+    shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+    if isinstance(limit, int):
+        return CheckResult(
+            name,
+            "fail",
+            f"{len(missing)} record(s) of {records.name} are neither in the "
+            f"manifest nor rejected (line {shown}): the batch was made with "
+            f"--limit {limit}; run keymail generate --resume without it",
+        )
+    return CheckResult(
+        name,
+        "fail",
+        f"{len(missing)} record(s) of {records.name} are neither in the manifest "
+        f"nor rejected (line {shown}): finish the batch with keymail generate "
+        "--resume, or give the records file it was made from",
+    )
 
 
 def _jobs(
