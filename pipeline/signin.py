@@ -16,11 +16,12 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from email.message import EmailMessage, Message
 from pathlib import Path
 
 import pypdfium2
 import zxingcpp
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pipeline import keys
 from pipeline.batch import finish_batch, open_single_batch
@@ -77,13 +78,19 @@ def read_code(kind: str, value: str) -> keys.Eak:
 
 
 def _image(data: bytes, path: Path) -> Image.Image:
+    return _read_image(data, path.name)
+
+
+def _read_image(data: bytes, what: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
         raise UsageError(
-            f"{path.name} is not an image keymail can read: {exc}"
+            f"{what} is not an image keymail can read (PNG, JPEG, GIF, WebP, ...)"
         ) from None
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"{what} is not an image keymail can read: {exc}") from None
     return image
 
 
@@ -128,12 +135,24 @@ def _from_eml(data: bytes, name: str) -> keys.Eak:
         if content_type.startswith("image/"):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                images.append(_image(payload, Path(name)))
+                images.append(_read_image(payload, f"the {content_type} of {name}"))
         elif content_type == "text/plain":
-            bodies.append(str(part.get_content()))
+            bodies.append(_text(part))
     if any(qr_texts(image) for image in images):
         return _from_qr_images(images, name)
     return _code_in_text("\n".join(bodies), name)
+
+
+def _text(part: Message) -> str:
+    """A text part's content; an unknown or wrong charset is read as ASCII with
+    replacements, which keeps an account code (plain ASCII) intact."""
+    if isinstance(part, EmailMessage):
+        try:
+            return str(part.get_content())
+        except (LookupError, UnicodeError):
+            pass
+    payload = part.get_payload(decode=True)
+    return payload.decode("ascii", "replace") if isinstance(payload, bytes) else ""
 
 
 def _code_in_text(text: str, name: str) -> keys.Eak:

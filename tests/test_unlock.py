@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import shutil
 import stat
 import uuid
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+import qrcode
 import zxingcpp
 from PIL import Image
 from typer.testing import CliRunner
@@ -367,3 +371,64 @@ def test_send_refuses_an_email_made_before_a_password_change(world: World) -> No
     assert world.rows[ADA]["message_id"] not in received
     assert len(received) == 7
     assert (code_new, stderr_new) == (0, "")
+
+
+def test_an_eml_in_an_unknown_charset_still_gives_its_code(world: World) -> None:
+    raw = (world.folder(ADA) / "message.eml").read_bytes()
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    for part in list(message.walk()):
+        if part.get_content_type() == "text/plain":
+            part.set_param("charset", "x-no-such-charset")
+    for part in message.iter_parts():
+        # Keep the text body alone: no image, no kit, so the code must come
+        # from the text in its unknown charset.
+        if part.get_content_type() == "application/pdf":
+            message.get_payload().remove(part)  # type: ignore[union-attr]
+    alternative = next(message.iter_parts())
+    related = [p for p in alternative.iter_parts()][1]
+    alternative.get_payload().remove(related)  # type: ignore[union-attr]
+    kinds = [part.get_content_type() for part in message.walk()]
+    assert kinds == ["multipart/mixed", "multipart/alternative", "text/plain"]
+    text = next(part for part in message.walk() if not part.is_multipart())
+    assert isinstance(text, EmailMessage)
+    with pytest.raises(LookupError):
+        text.get_content()
+    eml = world.root / "odd-charset.eml"
+    eml.write_bytes(message.as_bytes(policy=email.policy.SMTP))
+
+    code, stdout, stderr = world.unlock("--email", ADA, "--eml", str(eml))
+
+    assert (code, stderr) == (0, "")
+    assert f"key check: {world.rows[ADA]['key_check']}" in stdout
+
+
+def test_a_qr_code_of_another_app_is_named_as_such(world: World) -> None:
+    other = world.root / "wifi.png"
+    qrcode.make("WIFI:T:WPA;S:cafe;P:hunter2;;").save(other)
+
+    code, _, stderr = world.unlock("--email", ADA, "--qr", str(other))
+
+    assert code == 10
+    assert "does not hold a keymail code (it may belong to another app)" in stderr
+    assert "version" not in stderr
+
+
+def test_a_broken_image_in_an_eml_names_the_part(world: World) -> None:
+    raw = (world.folder(ADA) / "message.eml").read_bytes()
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    for part in message.walk():
+        if part.get_content_type() == "image/png":
+            assert isinstance(part, EmailMessage)
+            part.set_content(b"not a png", maintype="image", subtype="png", cid="x")
+    eml = world.root / "broken-image.eml"
+    eml.write_bytes(message.as_bytes(policy=email.policy.SMTP))
+
+    code, _, stderr = world.unlock("--email", ADA, "--eml", str(eml))
+
+    assert code == 2
+    assert "the image/png of broken-image.eml is not an image keymail can read" in (
+        stderr
+    )
+    assert "BytesIO" not in stderr

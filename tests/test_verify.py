@@ -837,3 +837,25 @@ def test_a_kit_qr_printed_too_small_fails_module_size_and_print_scan(
     failed = {check for _, check in failures}
     assert {"qr.module_size", "qr.print_scan"} <= failed
 
+
+def _unknown_charset(message: EmailMessage) -> None:
+    text = find_part(message, "text/plain")
+    text.set_param("charset", "x-no-such-charset")
+
+
+def test_a_body_in_an_unknown_charset_fails_only_the_checks_that_read_it(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    victim = account_ids(batch)[1]
+    edit_message(batch, victim, _unknown_charset)
+    rehash(batch, victim, "message.eml")
+
+    code, _, _, failures = verify_cli(cli, batch, registry, tmp_path)
+
+    assert code == 1
+    assert {account for account, _ in failures} == {victim}
+    reasons = set(failures.values())
+    assert reasons == {
+        "message.eml: the text/plain part has an unknown charset 'x-no-such-charset'"
+    }
+    assert {check for _, check in failures} == {"artifacts.consistent", "code.text"}

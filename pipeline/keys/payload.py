@@ -33,7 +33,17 @@ def is_payload(text: str) -> bool:
 def parse_payload(text: str) -> Eak:
     payload = text.strip().translate(_ASCII_UPPER)
     if not payload.startswith(PREFIX):
-        prefix = payload.split(":", 1)[0][:8]
+        prefix = payload.split(":", 1)[0]
+        if not (
+            prefix[:2] == "KM"
+            and prefix[2:].isascii()
+            and prefix[2:].isdigit()
+            and len(prefix) <= 6
+        ):
+            raise MalformedCodeError(
+                "the QR code does not hold a keymail code (it may belong to "
+                "another app): scan the QR code of the authentication email"
+            )
         raise MalformedCodeError(
             f"QR payload version {prefix!r} is not supported; this keymail reads "
             f"{PREFIX!r}: update the app"

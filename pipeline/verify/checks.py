@@ -210,13 +210,11 @@ class Inspection:
 
     @_once
     def text_body(self) -> str:
-        body: str = self.part("text/plain").get_content()
-        return body
+        return _body(self.part("text/plain"))
 
     @_once
     def html_body(self) -> str:
-        body: str = self.part("text/html").get_content()
-        return body
+        return _body(self.part("text/html"))
 
     @_once
     def inline_png(self) -> bytes:
@@ -697,6 +695,24 @@ def _run(name: str, function: Check, inspection: Inspection) -> CheckResult:
 def _lines(text: str) -> str:
     """Text with CRLF read as LF: the SMTP policy writes CRLF into the email."""
     return text.replace("\r\n", "\n")
+
+
+def _body(part: EmailMessage) -> str:
+    """A text part's content, or a failed check when its charset cannot decode it
+    (a mail client would show the recipient garbage)."""
+    try:
+        body: str = part.get_content()
+    except LookupError:
+        raise CheckFailed(
+            f"message.eml: the {part.get_content_type()} part has an unknown "
+            f"charset {part.get_content_charset()!r}"
+        ) from None
+    except UnicodeError:
+        raise CheckFailed(
+            f"message.eml: the {part.get_content_type()} part does not decode as "
+            f"its charset {part.get_content_charset()!r}"
+        ) from None
+    return body
 
 
 def _attachment(ins: Inspection) -> EmailMessage:
