@@ -13,6 +13,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 
 from pipeline.errors import RenderError
+from pipeline.htmlrefs import first_refused
 from pipeline.render.context import EmailContext
 
 __all__ = ["build_message", "kit_filename", "make_message_id", "qr_cid"]
@@ -92,6 +93,14 @@ def build_message(
         raise RenderError(
             f"email HTML of account {ctx.account_id} does not show the QR code:"
             f" no reference to 'cid:{cid}'"
+        )
+    refused = first_refused(html)
+    if refused is not None:
+        where, url = refused
+        kind = "a data: URI" if url.lower().startswith("data:") else repr(url[:80])
+        raise RenderError(
+            f"email HTML of account {ctx.account_id} refers to {kind} in {where}:"
+            " an email body may load only its own cid: images and link to mailto:"
         )
 
     message = EmailMessage(policy=_POLICY)

@@ -364,6 +364,39 @@ def test_template_fetching_outside_its_folder_fails_the_record(
     assert _CountingHandler.hits == 0
 
 
+@pytest.mark.parametrize(
+    ("image", "shown"),
+    [
+        ("data:image/gif;base64,R0lGODlhAQABAAAAACw=", "a data: URI in <img src>"),
+        ("{http}/pixel.gif", "'{http}/pixel.gif' in <img src>"),
+    ],
+    ids=["data-uri", "tracking-pixel"],
+)
+def test_an_email_template_that_loads_more_than_its_cid_image_fails_the_record(
+    cli: CliRunner, tmp_path: Path, http_server: str, image: str, shown: str
+) -> None:
+    templates = Path(shutil.copytree(ROOT / "templates" / "default", tmp_path / "t"))
+    html = (templates / "email.html.j2").read_text()
+    extra = f'<img src="{image.format(http=http_server)}" width="1" height="1">'
+    (templates / "email.html.j2").write_text(html.replace("</body>", extra + "</body>"))
+    _CountingHandler.hits = 0
+    out = tmp_path / "batch"
+
+    code, _, stderr = generate(
+        cli, FIXTURES / "accounts.csv", out, "--templates", str(templates)
+    )
+
+    assert code == 1
+    assert not (out / "manifest.jsonl").exists()
+    reasons = [str(row["reason"]) for row in rejects(out)]
+    assert len(reasons) == 8
+    expected = shown.format(http=http_server)
+    assert all(expected in reason for reason in reasons), reasons[0]
+    assert "may load only its own cid: images" in reasons[0]
+    assert "Traceback" not in stderr
+    assert _CountingHandler.hits == 0
+
+
 @pytest.mark.parametrize("css", ["@import url('{http}/b.css');", "symlink"])
 def test_a_kit_css_that_fetches_outside_is_a_usage_error(
     cli: CliRunner, tmp_path: Path, http_server: str, css: str

@@ -143,9 +143,10 @@ def unlock_command(
     worked is stored. Prints the account and its key check, never the key.
 
     Exit codes: 0 unlocked; 10 malformed or mistyped code (names the group),
-    or no code found in the given image, PDF or email; 11 code from a different account; 12 code from before a password reset;
-    13 outdated code (made before a password change); 14 wrong password;
-    15 code not recognized; 2 usage error.
+    or no code found in the given image, PDF or email; 11 code from a
+    different account; 12 code from before a password reset; 13 outdated
+    code (made before a password change); 14 wrong password; 15 code not
+    recognized; 2 usage error.
 
     \b
     Examples:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipeline import keys
 from pipeline.errors import CodeError, KeymailError
+from pipeline.htmlrefs import HtmlScan, html_urls, scan_html
 from pipeline.keys import AccountState, Eak
 from pipeline.verify import degrade, readers, svg
 from pipeline.verify.readers import ReadError, Symbol
@@ -222,8 +223,8 @@ class Inspection:
         return data
 
     @_once
-    def html_scan(self) -> readers.HtmlScan:
-        return readers.scan_html(self.html_body())
+    def html_scan(self) -> HtmlScan:
+        return scan_html(self.html_body())
 
     # The kit -----------------------------------------------------------------
 
@@ -481,14 +482,14 @@ def _pdf_attached(ins: Inspection) -> None:
 
 @check("html.no_data_uri")
 def _no_data_uri(ins: Inspection) -> None:
-    for where, url in _html_urls(ins.html_scan()):
+    for where, url in html_urls(ins.html_scan()):
         if url.lower().lstrip().startswith("data:"):
             raise CheckFailed(f"{where} holds a data: URI; Gmail drops those")
 
 
 @check("html.no_external")
 def _no_external(ins: Inspection) -> None:
-    for where, url in _html_urls(ins.html_scan()):
+    for where, url in html_urls(ins.html_scan()):
         scheme = url.strip().lower().split(":", 1)[0] if ":" in url else ""
         if url.startswith("#") or scheme in ("cid", "mailto", "data"):
             continue
@@ -757,23 +758,6 @@ def _same_address(found: str, expected: str) -> bool:
         return local, domain.lower()
 
     return split(found) == split(expected)
-
-
-def _html_urls(scan: readers.HtmlScan) -> list[tuple[str, str]]:
-    """Every URL the HTML refers to: attributes, srcset entries and CSS url()."""
-    urls = []
-    for where, value in scan.urls:
-        if where.endswith(" srcset>"):
-            urls += [
-                (where, entry.split()[0]) for entry in value.split(",") if entry.split()
-            ]
-        elif where == "<meta content>":
-            urls.append((where, value.lower().split("url=", 1)[1].strip(" '\"")))
-        else:
-            urls.append((where, value))
-    for css in scan.css:
-        urls += [("CSS", url) for url in readers.css_urls(css)]
-    return urls
 
 
 def _margin_problem(image: Image.Image, symbol: Symbol) -> str:
