@@ -32,6 +32,7 @@ from pipeline.config import Settings
 from pipeline.deliver.disk import (
     append_jsonl,
     atomic_write,
+    atomic_write_many,
     ensure_dir,
     read_jsonl,
     repair_jsonl,
@@ -550,6 +551,9 @@ def _open_batch(options: BatchOptions) -> dict[str, Any]:
             **wanted,
         }
         atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+        # Both files exist from the start, empty until a record lands there,
+        # so a script can read them whatever happened to the records.
+        atomic_write_many(out, {MANIFEST: b"", REJECTS: b""})
         return meta
 
     if not options.resume:

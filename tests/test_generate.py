@@ -103,6 +103,8 @@ def test_generate_writes_every_artifact_that_round_trips(
     assert "8 generated" in stdout
     rows = manifest(out)
     assert len(rows) == 8
+    assert (out / "rejects.jsonl").read_bytes() == b""  # there, and empty
+    assert stat.S_IMODE((out / "rejects.jsonl").stat().st_mode) == 0o600
     for row in rows:
         folder = out / str(row["account_id"])
         assert sorted(p.name for p in folder.iterdir()) == sorted(ARTIFACTS)
@@ -357,7 +359,7 @@ def test_template_fetching_outside_its_folder_fails_the_record(
     )
 
     assert code == 1
-    assert not (out / "manifest.jsonl").exists()
+    assert (out / "manifest.jsonl").read_bytes() == b""
     reasons = [str(row["reason"]) for row in rejects(out)]
     assert len(reasons) == 8
     assert all(url in reason for reason in reasons)
@@ -387,7 +389,7 @@ def test_an_email_template_that_loads_more_than_its_cid_image_fails_the_record(
     )
 
     assert code == 1
-    assert not (out / "manifest.jsonl").exists()
+    assert (out / "manifest.jsonl").read_bytes() == b""
     reasons = [str(row["reason"]) for row in rejects(out)]
     assert len(reasons) == 8
     expected = shown.format(http=http_server)
