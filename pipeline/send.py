@@ -538,21 +538,28 @@ class _Run:
             return
 
         # Commit `sending` while MAIL, RCPT and DATA go back and forth (an fsync
-        # takes about as long as those round trips on loopback); then save the
-        # outcome of the message before, and read the next one, while the
-        # server takes this one.
-        assert self._helper is not None
+        # takes about as long as those round trips on loopback), unless it was
+        # committed ahead, and save the outcome of the message before. Once the
+        # data is out, while the server takes it (the longest wait of the
+        # four), the helper reads the next message and commits its `sending`:
+        # work queued then does not stand between a short reply and this
+        # thread (about 5% more messages/s on loopback).
+        helper = self._helper
+        assert helper is not None
         if premarked is not None:
             marked = premarked[0]
         else:
-            marked = self._helper.submit(self.ledger.mark_sending, *message.key)
+            marked = helper.submit(self.ledger.mark_sending, *message.key)
         self._save_outcomes()
-        if upcoming is not None:
-            future = self._helper.submit(self._prepare, upcoming)
-            self._prefetched = (upcoming.key, future)
-            self._premark(upcoming)
+
+        def while_the_server_takes_it() -> None:
+            if upcoming is not None:
+                future = helper.submit(self._prepare, upcoming)
+                self._prefetched = (upcoming.key, future)
+                self._premark(upcoming)
+
         try:
-            delivery = client.send(envelope, marked.result)
+            delivery = client.send(envelope, marked.result, while_the_server_takes_it)
         except SmtpConnectionError as exc:
             marked.result()
             self._record(message, MessageState.FAILED_TRANSIENT, str(exc), now=True)

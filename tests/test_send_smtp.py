@@ -45,9 +45,12 @@ def envelope(data: bytes = MESSAGE) -> Envelope:
 
 
 def send_one(client: SmtpClient, data: bytes = MESSAGE) -> Outcome:
-    marks: list[bool] = []
-    delivery = client.send(envelope(data), lambda: marks.append(True))
-    assert marks == [True] or delivery.outcome is not Outcome.SENT
+    """Send one message; a sent one called `before_data`, then `after_data`."""
+    calls: list[str] = []
+    delivery = client.send(
+        envelope(data), lambda: calls.append("before"), lambda: calls.append("after")
+    )
+    assert calls == ["before", "after"] or delivery.outcome is not Outcome.SENT
     return delivery.outcome
 
 

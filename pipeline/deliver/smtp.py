@@ -281,8 +281,14 @@ class SmtpClient:
         except (OSError, smtplib.SMTPException):
             smtp.close()
 
-    def send(self, envelope: Envelope, before_data: Callable[[], None]) -> Delivery:
-        """Send one message; call `before_data` right before its bytes go out.
+    def send(
+        self,
+        envelope: Envelope,
+        before_data: Callable[[], None],
+        after_data: Callable[[], None] | None = None,
+    ) -> Delivery:
+        """Send one message; call `before_data` right before its bytes go out,
+        and `after_data` once they are out, while the server takes them.
 
         A session the server closed while idle is reopened once, at no cost to
         the message: nothing of it had been sent.
@@ -291,14 +297,14 @@ class SmtpClient:
         if not reused:
             self.open()
         try:
-            return self._transaction(envelope, before_data)
+            return self._transaction(envelope, before_data, after_data)
         except _ConnectionLost as lost:
             if not reused:
                 return Delivery(Outcome.FAILED_TRANSIENT, Reply(None, str(lost)))
         log.info("server closed the idle connection; reconnecting")
         self.open()
         try:
-            return self._transaction(envelope, before_data)
+            return self._transaction(envelope, before_data, after_data)
         except _ConnectionLost as lost:
             return Delivery(Outcome.FAILED_TRANSIENT, Reply(None, str(lost)))
 
@@ -407,7 +413,10 @@ class SmtpClient:
     # One message
 
     def _transaction(
-        self, envelope: Envelope, before_data: Callable[[], None]
+        self,
+        envelope: Envelope,
+        before_data: Callable[[], None],
+        after_data: Callable[[], None] | None,
     ) -> Delivery:
         smtp = self._smtp
         assert smtp is not None
@@ -437,9 +446,14 @@ class SmtpClient:
             # The server waits for data we will not send: this session is spent.
             self._drop()
             raise
-        return self._transmit(smtp, payload)
+        return self._transmit(smtp, payload, after_data)
 
-    def _transmit(self, smtp: smtplib.SMTP, payload: bytes) -> Delivery:
+    def _transmit(
+        self,
+        smtp: smtplib.SMTP,
+        payload: bytes,
+        after_data: Callable[[], None] | None,
+    ) -> Delivery:
         # If the bytes cannot all be written, the final "." never reached the
         # server and the message cannot have been accepted. Once they are all
         # written, only the server's reply tells; without one, nobody knows.
@@ -449,6 +463,8 @@ class SmtpClient:
             self._drop()
             lost = "connection lost while sending the message"
             return Delivery(Outcome.FAILED_TRANSIENT, Reply(None, lost))
+        if after_data is not None:
+            after_data()
         try:
             code, text = smtp.getreply()
         except smtplib.SMTPServerDisconnected:
