@@ -202,6 +202,20 @@ def test_missing_symbol_names_the_group() -> None:
     assert caught.value.groups == (group_of(50),)
 
 
+@pytest.mark.parametrize("group", [1, 4, 13, 27])
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_a_group_typed_too_long_or_short_is_named(group: int, change: str) -> None:
+    groups = list(keys.format_groups(make().eak))
+    typed = groups[group - 1]
+    groups[group - 1] = typed + "7" if change == "extra" else typed[1:]
+    with pytest.raises(MalformedCodeError, match=f"near group {group}:") as caught:
+        keys.parse_code("-".join(groups))
+    assert caught.value.groups == (group,)
+    # Typed with spaces instead of hyphens, the group is found just the same.
+    with pytest.raises(MalformedCodeError, match=f"near group {group}:"):
+        keys.parse_code(" ".join(groups))
+
+
 def test_swapped_groups_fail_the_whole_code_check() -> None:
     groups = list(keys.format_groups(make().eak))
     groups[0], groups[1] = groups[1], groups[0]

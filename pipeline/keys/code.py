@@ -118,6 +118,19 @@ def normalize(text: str) -> str:
     return cleaned.replace("I", "1").replace("L", "1").replace("O", "0")
 
 
+def _odd_typed_group(text: str) -> int | None:
+    """The first group typed with more or fewer than six symbols, when the code
+    was typed in groups at all: the place of a missing or extra character."""
+    typed = [normalize(part) for part in SEPARATORS.split(text)]
+    typed = [part for part in typed if part]
+    if len(typed) < 2:
+        return None
+    for number, group in enumerate(typed[:GROUPS], start=1):
+        if len(group) != GROUP_SIZE:
+            return number
+    return None
+
+
 def parse_code(text: str) -> Eak:
     """Parse a typed account code; a typo is reported with its group number."""
     symbols = normalize(text)
@@ -127,7 +140,11 @@ def parse_code(text: str) -> Eak:
 
     failing = _failing_groups(symbols)
     if len(symbols) != CODE_LENGTH:
-        near = failing[0] if failing else min(len(symbols) // GROUP_SIZE + 1, GROUPS)
+        near = _odd_typed_group(text)
+        if near is None:
+            near = (
+                failing[0] if failing else min(len(symbols) // GROUP_SIZE + 1, GROUPS)
+            )
         raise MalformedCodeError(
             f"the code has {len(symbols)} characters; an account code has "
             f"{CODE_LENGTH} ({GROUPS} groups of {GROUP_SIZE}). A character seems "
