@@ -3,6 +3,7 @@
 import datetime
 import hashlib
 import json
+import re
 import struct
 import unicodedata
 import uuid
@@ -23,6 +24,8 @@ ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 VALUE = {c: i for i, c in enumerate(ALPHABET)}
 SEPARATORS = set("-_.\u2212") | {chr(c) for c in range(0x2010, 0x2015)}
 FOLD = str.maketrans("ILO", "110")
+ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+SEPARATOR_RUN = "[" + re.escape("".join(sorted(SEPARATORS))) + r"\s]+"
 
 # §2: version, KDF id, m, t, p, fingerprint, generation, epoch, date, salt.
 HEADER = struct.Struct(">BBIBB4sHHH16s")
@@ -121,15 +124,48 @@ def normalize(text: str) -> str:
     return "".join(c for c in text if not c.isspace() and c not in SEPARATORS)
 
 
+def failing_groups(symbols: str) -> list[int]:
+    groups = [symbols[i : i + 6] for i in range(0, len(symbols) - 5, 6)]
+    return [n for n, group in enumerate(groups, 1) if weighted_sum(group)]
+
+
+def length_error_places(text: str, symbols: str) -> list[int]:
+    """§5, a length other than 162: rules 1, 2 and 3, the first that answers."""
+    pieces = [p for p in re.split(SEPARATOR_RUN, text) if p]
+    pieces = [p.translate(ASCII_UPPER).translate(FOLD) for p in pieces]
+    if len(pieces) >= 2:
+        before = 0
+        for piece in pieces:
+            w, r = divmod(len(piece), 6)
+            if r:
+                f = before // 6 + 1
+                failing = failing_groups(piece[: 6 * w])
+                last = f + w - 1 if (w > 0 and r <= 3) else f + w
+                return [min(f + failing[0] - 1 if failing else last, 27)]
+            before += len(piece)
+    if len(symbols) in (161, 163):
+        step = 1 if len(symbols) == 163 else -1
+        places = [
+            g
+            for g in range(1, 28)
+            if not failing_groups(symbols[: 6 * (g - 1)])
+            and not failing_groups(symbols[6 * g + step :])
+        ]
+        if places:
+            return places
+    failing = failing_groups(symbols)
+    return failing[:1] or [min(len(symbols) // 6 + 1, 27)]
+
+
 def read_account_code(text: str) -> bytes:
-    symbols = normalize(text).upper().translate(FOLD)
-    bad = sorted({i // 6 + 1 for i, c in enumerate(symbols) if c not in VALUE})
+    symbols = normalize(text).translate(ASCII_UPPER).translate(FOLD)
+    bad = [i // 6 + 1 for i, c in enumerate(symbols) if c not in VALUE]
     if bad:
-        raise malformed(bad)
+        raise malformed(bad[:1])  # §5: the first such character
     groups = [symbols[i : i + 6] for i in range(0, len(symbols) - 5, 6)]
     failing = [n for n, group in enumerate(groups, 1) if weighted_sum(group)]
     if len(symbols) != CODE_SYMBOLS:
-        raise malformed(failing[:1] or [len(groups) + 1])
+        raise malformed(length_error_places(text, symbols))
     if failing:
         raise malformed(failing)
     data = "".join(group[:5] for group in groups)
@@ -139,7 +175,6 @@ def read_account_code(text: str) -> bytes:
 
 
 def read_qr_payload(text: str) -> bytes:
-    text = text.upper()
     body = text.removeprefix(QR_PREFIX)
     if body == text or len(text) != len(QR_PREFIX) + BODY_SYMBOLS:
         raise malformed()
@@ -149,8 +184,10 @@ def read_qr_payload(text: str) -> bytes:
 
 
 def read_text(text: str) -> bytes:
-    if text.startswith("KM") and ":" in text[:6]:
-        return read_qr_payload(text)
+    # §6: strip white space at both ends, upper-case ASCII letters only.
+    stripped = text.strip().translate(ASCII_UPPER)
+    if stripped.startswith("KM") and ":" in stripped[:6]:
+        return read_qr_payload(stripped)
     return read_account_code(text)
 
 

@@ -119,16 +119,46 @@ def normalize(text: str) -> str:
 
 
 def _odd_typed_group(text: str) -> int | None:
-    """The first group typed with more or fewer than six symbols, when the code
-    was typed in groups at all: the place of a missing or extra character."""
-    typed = [normalize(part) for part in SEPARATORS.split(text)]
-    typed = [part for part in typed if part]
+    """Where a symbol is missing or extra, when the code was typed in groups.
+
+    The first chunk between separators whose length is not a multiple of six
+    holds the mistake (earlier chunks may join whole groups). A chunk a few
+    symbols too long is read as its whole groups with extra symbols, one a few
+    too short as one group more with symbols missing; the mistake is in the
+    first of its whole groups that fails its check, else in its last group.
+    """
+    typed = [part for part in map(normalize, SEPARATORS.split(text)) if part]
     if len(typed) < 2:
         return None
-    for number, group in enumerate(typed[:GROUPS], start=1):
-        if len(group) != GROUP_SIZE:
-            return number
+    offset = 0
+    for part in typed:
+        whole, rest = divmod(len(part), GROUP_SIZE)
+        if rest:
+            first = offset // GROUP_SIZE + 1
+            spans = whole if (rest <= GROUP_SIZE // 2 and whole) else whole + 1
+            bad = _failing_groups(part[: whole * GROUP_SIZE])
+            return min(first + (bad[0] if bad else spans) - 1, GROUPS)
+        offset += len(part)
     return None
+
+
+def _shifted_groups(symbols: str) -> tuple[int, ...]:
+    """The groups whose lost or extra symbol would make every other group check.
+
+    With one symbol too few or too many, the groups before the mistake are
+    intact and those after it are intact once shifted back by one. The place
+    is one of the groups for which both hold; more than one qualify where
+    neighbouring groups read the same shifted (runs of zeros in the header).
+    """
+    shift = len(symbols) - CODE_LENGTH
+    if abs(shift) != 1:
+        return ()
+    return tuple(
+        number
+        for number in range(1, GROUPS + 1)
+        if not _failing_groups(symbols[: GROUP_SIZE * (number - 1)])
+        and not _failing_groups(symbols[GROUP_SIZE * number + shift :])
+    )
 
 
 def parse_code(text: str) -> Eak:
@@ -140,16 +170,22 @@ def parse_code(text: str) -> Eak:
 
     failing = _failing_groups(symbols)
     if len(symbols) != CODE_LENGTH:
-        near = _odd_typed_group(text)
-        if near is None:
-            near = (
-                failing[0] if failing else min(len(symbols) // GROUP_SIZE + 1, GROUPS)
+        typed = _odd_typed_group(text)
+        places = (typed,) if typed else _shifted_groups(symbols)
+        if not places:
+            places = (
+                failing[0] if failing else min(len(symbols) // GROUP_SIZE + 1, GROUPS),
             )
+        where = (
+            f"near group {places[0]}"
+            if len(places) == 1
+            else f"in one of groups {places[0]} to {places[-1]}"
+        )
         raise MalformedCodeError(
             f"the code has {len(symbols)} characters; an account code has "
             f"{CODE_LENGTH} ({GROUPS} groups of {GROUP_SIZE}). A character seems "
-            f"missing or extra near group {near}: compare it with the email.",
-            groups=(near,),
+            f"missing or extra {where}: compare it with the email.",
+            groups=places,
         )
     if failing:
         raise MalformedCodeError(_mistyped_message(failing), groups=tuple(failing))

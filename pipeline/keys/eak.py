@@ -190,8 +190,10 @@ def unwrap(eak: Eak, password: str, account_id: uuid.UUID) -> bytes:
 
     AES-GCM cannot tell a wrong password from a wrong account_id or a tampered
     ciphertext; the lifecycle module checks the header first so the usual
-    causes get their own diagnosis.
+    causes get their own diagnosis. Parameters above the cap are refused
+    here too, for an Eak that was built rather than parsed.
     """
+    kdf.check_for_decoding(eak.header.kdf_params)
     wrapping_key = kdf.derive_wrapping_key(
         password, eak.header.salt, eak.header.kdf_params
     )

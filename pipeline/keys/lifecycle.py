@@ -16,6 +16,7 @@ from pipeline.errors import (
     DifferentAccountError,
     OutdatedCodeError,
     UnrecognizedCodeError,
+    UsageError,
 )
 from pipeline.keys import eak as eak_format
 from pipeline.keys import kdf
@@ -122,6 +123,11 @@ def reset_password(
 
 def check_current(code: Eak, account_id: uuid.UUID, state: AccountState | None) -> None:
     """Diagnoses 2 to 4, and a code newer than the registry, without a password."""
+    if state is not None and state.account_id != account_id:
+        raise UsageError(
+            "the account state given is another account's; look the state up "
+            "by the account being signed in to"
+        )
     header = code.header
     if not hmac.compare_digest(
         header.fingerprint, eak_format.account_fingerprint(account_id)
