@@ -23,7 +23,12 @@ from pipeline.deliver.disk import read_jsonl
 from pipeline.deliver.dkim import DkimSigner
 from pipeline.deliver.ledger import Ledger, LedgerRow, MessageState, read_ledger
 from pipeline.deliver.smtp import Delivery, Envelope, SmtpClient, SmtpSettings
-from pipeline.errors import BatchError, SmtpConnectionError, UsageError
+from pipeline.errors import (
+    BatchError,
+    SmtpAuthError,
+    SmtpConnectionError,
+    UsageError,
+)
 
 __all__ = [
     "DEFAULT_RETRIES",
@@ -376,9 +381,9 @@ def send_batch(
         }
         try:
             run.send_all(client, [m for m in messages if run.wants(m)])
-        except SmtpConnectionError as exc:
-            if not run.sent:
-                raise  # nothing went out: the error is the whole story
+        except (SmtpConnectionError, SmtpAuthError) as exc:
+            if not run.attempted:
+                raise  # no message was tried: the error is the whole story
             # The server went away mid-batch: report what did go out.
             summary = _summary(messages, run.states(), sent_before, run.sent)
             summary.stopped = str(exc)
@@ -436,6 +441,7 @@ class _Run:
         self._seq = 0
         self._done = 0
         self._total = 0
+        self.attempted = 0  # messages handed to the SMTP client
         self._helper: ThreadPoolExecutor | None = None
         self._writes: deque[Future[None]] = deque()
         self._unsaved: list[tuple[tuple[str, str], MessageState, str]] = []
@@ -493,7 +499,12 @@ class _Run:
                 delay = self.backoff.delay(connect_failures)
                 log.warning("cannot reconnect; trying again in %.1f s", delay)
                 self.clock.sleep(delay)
-                fresh.appendleft(message)
+                if attempt == 1:
+                    fresh.appendleft(message)
+                else:  # a retry keeps its count, so --retries still bounds it
+                    self._seq += 1
+                    retry = _Retry(self.clock.monotonic(), self._seq, message, attempt)
+                    heapq.heappush(self._retries, retry)
                 continue
             connect_failures = 0
 
@@ -551,18 +562,29 @@ class _Run:
         else:
             marked = helper.submit(self.ledger.mark_sending, *message.key)
         self._save_outcomes()
+        data_out = False
 
         def while_the_server_takes_it() -> None:
+            nonlocal data_out
+            data_out = True
             if upcoming is not None:
                 future = helper.submit(self._prepare, upcoming)
                 self._prefetched = (upcoming.key, future)
                 self._premark(upcoming)
 
+        self.attempted += 1
         try:
             delivery = client.send(envelope, marked.result, while_the_server_takes_it)
         except SmtpConnectionError as exc:
             marked.result()
             self._record(message, MessageState.FAILED_TRANSIENT, str(exc), now=True)
+            raise
+        except BaseException:
+            # A refused login on reconnect, an interrupt: if none of the data
+            # went out, the mark goes back, or a rerun would call the message
+            # uncertain although the server never saw it.
+            if not data_out:
+                self._unmark(marked, message)
             raise
         marked.result()
 
@@ -571,6 +593,13 @@ class _Run:
             self._retry_later(message, attempt, delivery)
             return
         self._settle(message, state, str(delivery.reply))
+
+    def _unmark(self, marked: Future[None], message: _Message) -> None:
+        try:
+            marked.result()
+        except BatchError:
+            return  # the mark was refused: nothing to put back
+        self.ledger.unmark(*message.key, self._rows[message.key].state)
 
     def _premark(self, upcoming: _Message) -> None:
         """Commit the next message's `sending` while the server takes this one.
@@ -793,6 +822,12 @@ def _planned_action(
     except _Refused as refused:
         if _wanted(state, options.resend_uncertain):
             return "refuse", str(refused), size
+    current = options.current
+    stale = current and current(
+        message.account_id, message.key_generation, message.password_epoch
+    )
+    if stale and _wanted(state, options.resend_uncertain):
+        return "refuse", stale, size
     if state is MessageState.SENT:
         return "skip (sent)", None, size
     if state is MessageState.FAILED_PERMANENT:

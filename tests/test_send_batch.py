@@ -239,7 +239,10 @@ def test_a_2xx_before_the_data_is_not_a_delivery(
     with raw_smtp_server(script) as server:
         summary = send(batch, server, retries=0)
     assert summary.sent == len(script.bodies) == 1
-    assert summary.problems[0].state is not MessageState.SENT
+    (problem,) = summary.problems
+    assert problem.state is MessageState.FAILED_TRANSIENT
+    assert problem.reply is not None and problem.reply.startswith(reply[:3])
+    assert states(batch)[problem.message_id] is MessageState.FAILED_TRANSIENT
 
 
 def test_an_unreadable_reply_after_the_data_is_uncertain(tmp_path: Path) -> None:
@@ -297,6 +300,55 @@ def test_wrong_password_sends_nothing(batch: Path, certificate: Certificate) -> 
             send_batch(batch, settings)
         assert server.handler.data_commands == {}
     assert set(states(batch).values()) == {MessageState.PENDING}
+
+
+class _OneLogin(dict[str, str]):
+    """Users whose password is right once: every later login is refused."""
+
+    logins = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.logins += 1
+        return super().get(key, default) if self.logins == 1 else None
+
+
+def test_a_login_refused_on_reconnect_puts_the_next_message_back(
+    batch: Path, certificate: Certificate
+) -> None:
+    first, second = message_ids(batch)[:2]
+    handler = Recorder(script={first: [DROP]})  # the session ends after DATA
+    with smtp_server(
+        handler,
+        mode="starttls",
+        certificate=certificate,
+        users=_OneLogin(mailer=PASSWORD),
+    ) as server:
+        settings = SmtpSettings.from_url(
+            server.url("mailer"), password=PASSWORD, cafile=certificate.cert
+        )
+        summary = send_batch(batch, settings, backoff=FAST)
+        received = server.handler.data_commands
+
+    assert summary.stopped is not None and "refused the login" in summary.stopped
+    assert summary.uncertain == 1 and summary.sent == 0
+    assert set(received) == {first}
+    found = states(batch)
+    assert found[first] is MessageState.UNCERTAIN
+    # Marked `sending` ahead while the first one went out, never sent: pending.
+    assert found[second] is MessageState.PENDING
+    assert {found[m] for m in message_ids(batch)[2:]} == {MessageState.PENDING}
+
+
+def test_a_server_gone_after_the_first_message_still_reports(batch: Path) -> None:
+    first = message_ids(batch)[0]
+    script = RawScript(answers={"END": ["451 4.3.0 try later"]}, stop_after=1)
+    with raw_smtp_server(script) as server:
+        summary = send(batch, server, retries=1)
+
+    assert summary.stopped is not None
+    assert summary.sent == 0
+    assert states(batch)[first] is MessageState.FAILED_TRANSIENT
+    assert any(problem.message_id == first for problem in summary.problems)
 
 
 def test_no_server_leaves_everything_pending(batch: Path) -> None:

@@ -101,6 +101,18 @@ def test_password_in_url_is_refused_without_echo(url: str) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["smtp://me:hun/ter2@host:25", "smtp://me:hun?ter2@host", "smtp://me:hun#ter2@h"],
+)
+def test_a_url_the_parser_cannot_split_quotes_no_piece_of_its_password(
+    url: str,
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        SmtpSettings.from_url(url)
+    assert "hun" not in str(caught.value) and "ter2" not in str(caught.value)
+
+
 def test_url_shown_in_messages_has_no_password() -> None:
     settings = SmtpSettings.from_url("smtp://me@[::1]:25", password="hunter2")
     assert settings.url == "smtp://me@[::1]:25"

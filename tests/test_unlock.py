@@ -342,6 +342,11 @@ def test_unreadable_inputs_are_usage_errors(world: World) -> None:
 def test_send_refuses_an_email_made_before_a_password_change(world: World) -> None:
     qr = str(world.folder(ADA) / "qr.png")
     world.change(["--qr", qr], ADA_PASSWORD, "changed-pw-777", world.root / "chg")
+    # The dry run plans what the real run will do: the outdated email refused.
+    dry_code, dry_out, _ = invoke(world.cli, "send", str(world.out), "--dry-run")
+    assert dry_code == 1
+    assert f"refuse        {ADA}" in dry_out
+    assert "dry run: 7 to send, 0 sent before, 1 failed" in dry_out
 
     with smtp_server() as server:
         code, stdout, _ = invoke(

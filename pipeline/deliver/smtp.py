@@ -127,9 +127,11 @@ def _split_url(url: str) -> SplitResult:
         parts = urlsplit(url)
         has_password = parts.password is not None
         port = parts.port
-    except ValueError as exc:
+    except ValueError:
+        # The parser's own message may quote a piece of the password (a port
+        # "could not be cast" from the text after its first colon).
         raise UsageError(
-            f"not an SMTP URL: {shown!r} ({exc}); use {URL_FORMS}"
+            f"not an SMTP URL: {shown!r} (bad host or port); use {URL_FORMS}"
         ) from None
     if has_password:
         raise UsageError(
