@@ -444,6 +444,23 @@ def test_generate_and_send_in_one_run(cli: CliRunner, tmp_path: Path) -> None:
     assert received == {row["message_id"]: 1 for row in manifest(out)}
 
 
+def test_generate_and_send_needs_starttls_as_send_does(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    out = tmp_path / "batch"
+    with smtp_server() as server:  # plain SMTP, no STARTTLS offered
+        code, stdout, stderr = generate(
+            cli, FIXTURES / "accounts.csv", out, "--send", "--smtp", server.url()
+        )
+        received = server.handler.ids()
+
+    assert code == 2
+    assert "8 generated" in stdout
+    assert "does not offer STARTTLS" in stderr
+    assert f"send it later: keymail send {out}" in stderr
+    assert not received
+
+
 def test_smtp_options_without_send_are_refused(cli: CliRunner, tmp_path: Path) -> None:
     code, _, stderr = generate(
         cli, FIXTURES / "accounts.csv", tmp_path / "b", "--smtp", "smtp://127.0.0.1:25"

@@ -181,20 +181,30 @@ def _smtp_settings(
 
 
 def _send(batch: Path, settings: SmtpSettings, rate: float | None) -> bool:
-    """Send the batch just generated; True when every message went out."""
-    from pipeline.cli.send import print_summary, progress_bar
-    from pipeline.errors import SmtpAuthError
+    """Send the batch just generated, as `keymail send` would; True when every
+    message went out."""
+    from pipeline.cli.send import current_check, print_summary, progress_bar
+    from pipeline.errors import SmtpAuthError, SmtpTlsError
     from pipeline.send import send_batch
 
+    later = f"the batch is generated; send it later: keymail send {batch}"
     try:
         with progress_bar() as progress:
-            summary = send_batch(batch, settings, rate=rate, progress=progress)
-    except SmtpAuthError as exc:
-        error(str(exc), f"the batch is generated; send it later: keymail send {batch}")
+            summary = send_batch(
+                batch,
+                settings,
+                rate=rate,
+                current=current_check(batch, None),
+                progress=progress,
+            )
+    except (SmtpAuthError, SmtpTlsError) as exc:
+        error(str(exc), later)
         raise typer.Exit(Exit.USAGE) from None
     except KeymailError as exc:
-        fail(exc, f"the batch is generated; send it later: keymail send {batch}")
+        fail(exc, later)
     print_summary(summary)
+    if summary.stopped:
+        error(f"stopped early: {summary.stopped}", later)
     return summary.ok
 
 
