@@ -617,6 +617,7 @@ def open_single_batch(out: Path, reason: str, registry: Path) -> dict[str, Any]:
         "keymail_version": __version__,
     }
     atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_many(out, {MANIFEST: b"", REJECTS: b""})
     return meta
 
 

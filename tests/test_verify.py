@@ -227,6 +227,31 @@ def test_a_secrets_file_without_these_accounts_fails_unwrap(
     assert len(failures) == len(account_ids(batch))
 
 
+def test_a_bad_secrets_line_fails_only_its_accounts_unwrap(
+    cli: CliRunner, batch: Path, registry: Path, tmp_path: Path
+) -> None:
+    by_id = passwords()
+    victim = account_ids(batch)[3]
+    lines = ["account_id,password"]
+    for account_id, password in by_id.items():
+        if account_id == victim:
+            lines.append(f'{account_id},"CANARY-unclosed {password}')
+        else:
+            lines.append(f"{account_id},{password}")
+    secrets = tmp_path / "secrets.csv"
+    secrets.write_text("\n".join(lines) + "\n")
+
+    code, out, err, failures = verify_cli(
+        cli, batch, registry, tmp_path, "--secrets", str(secrets)
+    )
+
+    assert code == 1
+    assert list(failures) == [(victim, "eak.unwrap")]
+    assert "its line in secrets.csv" in failures[(victim, "eak.unwrap")]
+    assert "Traceback" not in err
+    assert "CANARY" not in out + err + (tmp_path / "verify.xml").read_text()
+
+
 # Tampering: each is caught, by the check named for it ----------------------------
 
 

@@ -150,9 +150,13 @@ def unlock_command(
 
     \b
     Examples:
-      keymail unlock --email ada@example.com --qr output/demo/<id>/qr.png
-      keymail unlock --email ada@example.com --pdf kit.pdf --password-file pw.txt
-      keymail unlock --email ada@example.com --keystore ~/.keymail-device
+      keymail unlock --email ada.lovelace@example.com \\
+          --registry output/demo/registry.sqlite3 --qr output/demo/<account_id>/qr.png
+      keymail unlock --email ada.lovelace@example.com \\
+          --registry output/demo/registry.sqlite3 --password-file ada.pw \\
+          --pdf output/demo/<account_id>/kit.pdf
+      keymail unlock --email ada.lovelace@example.com \\
+          --registry output/demo/registry.sqlite3 --keystore output/device
     """
     from pipeline import signin
 
@@ -203,9 +207,11 @@ def change_password_command(
     diagnosed as outdated.
 
     \b
-    Example:
-      keymail change-password --email ada@example.com --qr qr.png \\
-        --old-password-file old.txt --new-password-file new.txt --out output/change
+    Examples:
+      keymail change-password --email ada.lovelace@example.com \\
+        --registry output/demo/registry.sqlite3 \\
+        --qr output/demo/<account_id>/qr.png --old-password-file old.pw \\
+        --new-password-file new.pw --out output/change
     """
     from pipeline import signin
 
@@ -245,8 +251,10 @@ def reset_password_command(
     diagnosed as from before a reset. The new email goes to --out.
 
     \b
-    Example:
-      keymail reset-password --email ada@example.com --new-password-file new.txt
+    Examples:
+      keymail reset-password --email ada.lovelace@example.com \\
+        --registry output/demo/registry.sqlite3 --new-password-file new.pw \\
+        --out output/reset
     """
     from pipeline import signin
 
@@ -273,8 +281,10 @@ def resend_command(
     Needs no password; refuses a stored code that is no longer current.
 
     \b
-    Example:
-      keymail resend --email ada@example.com --keystore device/ --out output/resend
+    Examples:
+      keymail resend --email ada.lovelace@example.com \\
+        --registry output/demo/registry.sqlite3 --keystore output/device \\
+        --out output/resend
     """
     from pipeline import signin
 

@@ -110,9 +110,11 @@ def root(
 
     \b
     Examples:
-      keymail generate fixtures/accounts.csv --out output/demo
-      keymail verify output/demo --secrets fixtures/secrets.csv
-      keymail inspect 'KM1:...'
+      keymail generate fixtures/accounts.csv --out output/demo \\
+          --registry output/demo/registry.sqlite3
+      keymail verify output/demo --registry output/demo/registry.sqlite3 \\
+          --records fixtures/accounts.csv
+      keymail inspect - < output/device/<account_id>.eak
     """
     setup_logging(verbose, quiet)
     state.quiet = quiet

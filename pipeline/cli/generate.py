@@ -110,7 +110,8 @@ def generate_command(
     \b
     Examples:
       keymail generate fixtures/accounts.csv --out output/demo
-      keymail generate accounts.jsonl --secrets secrets.csv --workers 4
+      keymail generate fixtures/accounts.jsonl --secrets fixtures/secrets.csv \\
+          --out output/demo3 --workers 4
       keymail generate fixtures/accounts.csv --out output/demo --resume
       keymail generate fixtures/accounts.csv --send --smtp smtp://127.0.0.1:2525 \\
           --allow-plaintext

@@ -27,9 +27,9 @@ def inspect_command(
     Exits 10, naming the group, when the code is mistyped.
 
     \b
-    Example:
-      keymail inspect "$(cat output/demo/<account_id>/email.txt | ...)"
-      echo 'KM1:...' | keymail inspect -
+    Examples:
+      keymail inspect - < output/device/<account_id>.eak
+      keymail inspect --json "$(cat output/device/<account_id>.eak)"
     """
     text = sys.stdin.read() if code == "-" else code
     if not text.strip():

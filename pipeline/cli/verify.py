@@ -84,9 +84,11 @@ def verify_command(
 
     \b
     Examples:
-      keymail verify output/demo --registry output/registry.sqlite3
-      keymail verify output/demo --records fixtures/accounts.csv
-      keymail verify output/demo --secrets secrets.csv --junit verify.xml
+      keymail verify output/demo --registry output/demo/registry.sqlite3
+      keymail verify output/demo --registry output/demo/registry.sqlite3 \\
+          --records fixtures/accounts.csv
+      keymail verify output/demo3 --registry output/demo3/registry.sqlite3 \\
+          --secrets fixtures/secrets.csv --junit verify.xml
     """
     for option, path in (("--secrets", secrets), ("--records", records)):
         if path is not None and not path.is_file():

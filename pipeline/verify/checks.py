@@ -93,6 +93,8 @@ class AccountJob:
     entry_email: str | None
     password: str | None = field(default=None, repr=False)
     passwords_given: bool = False
+    # Why the password could not be read (a bad line of --secrets), if so.
+    password_problem: str | None = None
 
     @property
     def account_id(self) -> str:
@@ -634,6 +636,8 @@ def _eak_manifest(ins: Inspection) -> None:
 @check("eak.unwrap")
 def _eak_unwrap(ins: Inspection) -> None:
     password = ins.job.password
+    if ins.job.password_problem is not None:
+        raise CheckFailed(ins.job.password_problem)
     if password is None and ins.job.passwords_given:
         raise CheckFailed(
             "the passwords given (--secrets or --records) hold none for this account"

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.deliver.disk import read_jsonl
 from pipeline.errors import BatchError
-from pipeline.records import read_rows
+from pipeline.records import SecretsRowError, read_rows
 from pipeline.registry import Registry
 from pipeline.verify.checks import AccountJob, verify_account
 from pipeline.verify.report import AccountResult, CheckResult, VerifyReport
@@ -172,7 +172,12 @@ def _jobs(
     for index, row in enumerate(rows, start=1):
         account_id = _uuid(row.get("account_id"))
         entry = registry.get(account_id) if account_id else None
-        password = passwords(account_id) if passwords and account_id else None
+        password, problem = None, None
+        if passwords and account_id:
+            try:
+                password = passwords(account_id)
+            except SecretsRowError as exc:
+                problem = str(exc)  # names the line and the reason, not the value
         yield AccountJob(
             batch_dir=batch_dir,
             line=index,
@@ -181,6 +186,7 @@ def _jobs(
             entry_email=entry.email if entry else None,
             password=password,
             passwords_given=passwords is not None,
+            password_problem=problem,
         )
 
 
