@@ -529,23 +529,16 @@ class _Run:
         attempt: int,
         upcoming: _Message | None,
     ) -> None:
-        # A message marked ahead keeps its mark whatever happens next: an
-        # outcome recorded below replaces it.
+        # A message marked ahead keeps its mark if an outcome is recorded
+        # below (it replaces the mark); if the run stops first, it goes back.
         premarked = self._premarked.pop(message.key, None)
-        current = self.options.current
-        stale = current and current(
-            message.account_id, message.key_generation, message.password_epoch
-        )
-        if stale:
-            self._settle(message, MessageState.FAILED_PERMANENT, stale)
-            return
         try:
-            envelope = self._envelope(message)
-        except _Refused as refused:
-            # Nothing reached the server, and the cause is local (a file
-            # edited or missing): failed-transient, so a rerun tries again
-            # once it is fixed, but no retry within this run.
-            self._settle(message, MessageState.FAILED_TRANSIENT, str(refused))
+            envelope = self._checked_envelope(message)
+        except BaseException:
+            if premarked is not None:
+                self._unmark(premarked[0], message)
+            raise
+        if envelope is None:
             return
 
         # Commit `sending` while MAIL, RCPT and DATA go back and forth (an fsync
@@ -562,11 +555,14 @@ class _Run:
         else:
             marked = helper.submit(self.ledger.mark_sending, *message.key)
         self._save_outcomes()
-        data_out = False
+        data_started = False
+
+        def before_the_data() -> None:
+            nonlocal data_started
+            marked.result()
+            data_started = True  # from here on, the server may get it all
 
         def while_the_server_takes_it() -> None:
-            nonlocal data_out
-            data_out = True
             if upcoming is not None:
                 future = helper.submit(self._prepare, upcoming)
                 self._prefetched = (upcoming.key, future)
@@ -574,16 +570,17 @@ class _Run:
 
         self.attempted += 1
         try:
-            delivery = client.send(envelope, marked.result, while_the_server_takes_it)
+            delivery = client.send(envelope, before_the_data, while_the_server_takes_it)
         except SmtpConnectionError as exc:
             marked.result()
             self._record(message, MessageState.FAILED_TRANSIENT, str(exc), now=True)
             raise
         except BaseException:
-            # A refused login on reconnect, an interrupt: if none of the data
-            # went out, the mark goes back, or a rerun would call the message
-            # uncertain although the server never saw it.
-            if not data_out:
+            # A refused login on reconnect, an interrupt: if the data had not
+            # started, the mark goes back, or a rerun would call the message
+            # uncertain although the server never saw it. Once it started,
+            # the mark stays: the server may have all of it.
+            if not data_started:
                 self._unmark(marked, message)
             raise
         marked.result()
@@ -594,7 +591,28 @@ class _Run:
             return
         self._settle(message, state, str(delivery.reply))
 
+    def _checked_envelope(self, message: _Message) -> Envelope | None:
+        """The message's envelope; None when it must not go out (its outcome
+        is then recorded): a code no longer current, or a file that fails its
+        checks."""
+        current = self.options.current
+        stale = current and current(
+            message.account_id, message.key_generation, message.password_epoch
+        )
+        if stale:
+            self._settle(message, MessageState.FAILED_PERMANENT, stale)
+            return None
+        try:
+            return self._envelope(message)
+        except _Refused as refused:
+            # Nothing reached the server, and the cause is local (a file
+            # edited or missing): failed-transient, so a rerun tries again
+            # once it is fixed, but no retry within this run.
+            self._settle(message, MessageState.FAILED_TRANSIENT, str(refused))
+            return None
+
     def _unmark(self, marked: Future[None], message: _Message) -> None:
+        """Put a `sending` mark that no data followed back to the last state."""
         try:
             marked.result()
         except BatchError:
@@ -679,7 +697,7 @@ class _Run:
         message will be retried after is saved `now`, before its next attempt.
         """
         row = self._rows[message.key]
-        self._rows[message.key] = replace(row, attempts=row.attempts + 1)
+        self._rows[message.key] = replace(row, state=state, attempts=row.attempts + 1)
         self._unsaved.append((message.key, state, reply))
         if now:
             self._save_outcomes()

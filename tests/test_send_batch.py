@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import smtplib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pipeline.deliver.dkim import DkimSigner
 from pipeline.deliver.ledger import LEDGER_NAME, Ledger, MessageState, read_ledger
 from pipeline.deliver.smtp import SmtpSettings
 from pipeline.errors import BatchError, SmtpAuthError, SmtpConnectionError, UsageError
-from pipeline.send import Backoff, MessageResult, SendSummary, send_batch
+from pipeline.send import Backoff, MessageResult, SendSummary, _Run, send_batch
 
 from smtp_server import (
     DROP,
@@ -349,6 +350,55 @@ def test_a_server_gone_after_the_first_message_still_reports(batch: Path) -> Non
     assert summary.sent == 0
     assert states(batch)[first] is MessageState.FAILED_TRANSIENT
     assert any(problem.message_id == first for problem in summary.problems)
+
+
+def test_an_interrupt_once_the_data_is_written_leaves_it_uncertain(
+    batch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C can land when sendall has written the last byte: the server has
+    the message, so it must not be called unsent and sent again."""
+    first = message_ids(batch)[0]
+    written = smtplib.SMTP.send
+
+    def send_then_interrupt(self: smtplib.SMTP, data: str | bytes) -> None:
+        written(self, data)
+        if isinstance(data, bytes) and data.endswith(b"\r\n.\r\n"):
+            raise KeyboardInterrupt
+
+    with smtp_server() as server:
+        monkeypatch.setattr(smtplib.SMTP, "send", send_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            send(batch, server)
+        monkeypatch.setattr(smtplib.SMTP, "send", written)
+        assert states(batch)[first] is MessageState.SENDING
+        rerun = send(batch, server)
+        received = server.handler.ids()
+
+    assert rerun.uncertain == 1 and rerun.sent == 4
+    assert received[first] == 1  # not sent again without --resend-uncertain
+
+
+def test_an_interrupt_before_a_marked_message_goes_out_puts_its_mark_back(
+    batch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = message_ids(batch)[:2]
+    prepared = _Run._envelope
+    calls = []
+
+    def interrupted_at_the_second(self: _Run, message: Any) -> Any:
+        calls.append(message.message_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # waiting for the second, marked ahead
+        return prepared(self, message)
+
+    monkeypatch.setattr(_Run, "_envelope", interrupted_at_the_second)
+    with smtp_server() as server, pytest.raises(KeyboardInterrupt):
+        send(batch, server)
+
+    assert calls[1] == second
+    found = states(batch)
+    assert found[first] is MessageState.SENT
+    assert found[second] is MessageState.PENDING
 
 
 def test_no_server_leaves_everything_pending(batch: Path) -> None:
