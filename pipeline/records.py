@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import email_validator
 
@@ -369,13 +369,19 @@ class SecretsFile:
     taken exactly as written: CSV quoting applies, nothing is stripped.
     """
 
-    def __init__(self, path: Path, index: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, index: sqlite3.Connection, *, optional: bool = False
+    ) -> None:
+        """`optional`: a CSV without a password column is no error, it just
+        holds no password (a records file whose passwords came from --secrets).
+        """
         self._path = path
+        self._optional = optional
         self._format = detect_format(path)
         self._db = index
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS secret "
-            "(account_id TEXT PRIMARY KEY, offset INT)"
+            "(account_id TEXT PRIMARY KEY, offset INT, length INT)"
         )
         self._db.execute("DELETE FROM secret")
         self._handle = path.open("rb")
@@ -383,21 +389,25 @@ class SecretsFile:
         self._index()
 
     def _index(self) -> None:
-        offset = 0
-        for number, raw in enumerate(self._handle, start=1):
-            start, offset = offset, offset + len(raw)
+        # The first line of an account counts, as in a records file, where
+        # generate rejects the later duplicates.
+        for number, (start, raw) in enumerate(_raw_lines(self._handle), start=1):
             if number == 1 and self._format == "csv":
                 self._columns = self._header(raw)
+                if "password" not in self._columns:
+                    return  # an optional file without passwords
                 continue
             account_id = self._row(raw).get("account_id")
             if isinstance(account_id, str) and account_id:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO secret VALUES (?, ?)",
-                    (account_id.lower(), start),
+                    "INSERT OR IGNORE INTO secret VALUES (?, ?, ?)",
+                    (account_id.lower(), start, len(raw)),
                 )
 
     def _header(self, raw: bytes) -> list[str]:
         columns = self._csv_values(raw)
+        if columns is not None and self._optional and "account_id" in columns:
+            return columns
         if columns is None or not {"account_id", "password"} <= set(columns):
             raise UsageError(
                 f"{self._path.name}: a secrets CSV starts with the header line "
@@ -429,6 +439,11 @@ class SecretsFile:
             return {}
         return row if isinstance(row, dict) else {}
 
+    @property
+    def holds_passwords(self) -> bool:
+        """False for a CSV without a password column (an `optional` file)."""
+        return self._format != "csv" or "password" in self._columns
+
     def password(self, account_id: uuid.UUID) -> str | None:
         """The account's password, None when the file has none for it.
 
@@ -436,12 +451,13 @@ class SecretsFile:
         (for instance an unquoted comma in a CSV password).
         """
         found = self._db.execute(
-            "SELECT offset FROM secret WHERE account_id = ?", (str(account_id),)
+            "SELECT offset, length FROM secret WHERE account_id = ?",
+            (str(account_id),),
         ).fetchone()
         if found is None:
             return None
         self._handle.seek(found[0])
-        row = self._row(self._handle.readline())
+        row = self._row(self._handle.read(found[1]))
         if row.get("malformed"):
             raise SecretsRowError(
                 f"its line in {self._path.name} does not have "
@@ -453,6 +469,26 @@ class SecretsFile:
 
     def close(self) -> None:
         self._handle.close()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _raw_lines(handle: BinaryIO, size: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line with its ending) for each line of a binary file,
+    ending at \\n, \\r\\n or \\r as the records reader does; read in chunks."""
+    offset, pending = 0, b""
+    while chunk := handle.read(size):
+        data, start = pending + chunk, 0
+        for end in _LINE_END.finditer(data):
+            if end.group() == b"\r" and end.end() == len(data):
+                break  # a \r at the chunk's end may be the start of \r\n
+            yield offset, data[start : end.end()]
+            offset += end.end() - start
+            start = end.end()
+        pending = data[start:]
+    if pending:
+        yield offset, pending
 
 
 class SecretsRowError(Exception):

@@ -28,7 +28,7 @@ from pipeline.keys import _testing
 from pipeline.registry import Registry
 from pipeline.verify import CHECK_NAMES, degrade, verify_batch
 
-from conftest import FIXTURES, invoke
+from conftest import FIXTURES, invoke, write_records
 
 RECORDS = FIXTURES / "accounts.csv"
 
@@ -565,8 +565,8 @@ def test_no_password_account_key_or_code_in_any_output(
     with secrets.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["account_id", "password"])
+        writer.writerow([ids[0], known[ids[1]]])  # the first row of an account counts
         writer.writerows(known.items())
-        writer.writerow([ids[0], known[ids[1]]])  # the later row wins
     report = tmp_path / "verify.json"
 
     code, out, err, _ = verify_cli(
@@ -741,6 +741,98 @@ def test_a_batch_cut_short_by_limit_says_so(tmp_path: Path) -> None:
     assert records.status == "fail"
     assert "5 record(s)" in records.reason
     assert "--limit 3" in records.reason
+
+
+def _made_from(records: Path, tmp_path: Path, **options: object) -> tuple[Path, Path]:
+    out, registry = tmp_path / "made", tmp_path / "made.sqlite3"
+    with _testing.weak_kdf():
+        run_batch(
+            BatchOptions(
+                records=records,
+                out=out,
+                registry=registry,
+                workers=1,
+                kdf_params=_testing.FAST,
+                **options,  # type: ignore[arg-type]
+            )
+        )
+    return out, registry
+
+
+def _verify_records(
+    cli: CliRunner, out: Path, registry: Path, tmp_path: Path, *extra: str
+) -> tuple[int, str, dict[tuple[str, str], str]]:
+    code, _, err, failures = verify_cli(cli, out, registry, tmp_path, *extra)
+    return code, err, failures
+
+
+def test_records_without_passwords_verify_with_their_secrets(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    ids = write_records(tmp_path / "full.csv", 3)
+    with (tmp_path / "full.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records, secrets = tmp_path / "records.csv", tmp_path / "secrets.csv"
+    with records.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["account_id", "email", "name"])
+        writer.writerows([r["account_id"], r["email"], r["name"]] for r in rows)
+    with secrets.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["account_id", "password"])
+        writer.writerows([r["account_id"], r["password"]] for r in rows)
+    out, registry = _made_from(records, tmp_path, secrets=secrets)
+
+    alone = _verify_records(cli, out, registry, tmp_path, "--records", str(records))
+    both = _verify_records(
+        cli,
+        out,
+        registry,
+        tmp_path,
+        "--records",
+        str(records),
+        "--secrets",
+        str(secrets),
+    )
+
+    assert alone == (0, "", {})  # eak.unwrap skipped: no password to try
+    assert both == (0, "", {})
+    assert len(manifest(out)) == len(ids)
+
+
+def test_records_with_cr_line_endings_and_upper_case_ids(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain.csv"
+    write_records(plain, 3)
+    lines = plain.read_text().splitlines()
+    shouted = [lines[0]] + [
+        line.split(",", 1)[0].upper() + "," + line.split(",", 1)[1]
+        for line in lines[1:]
+    ]
+    records = tmp_path / "cr.csv"
+    records.write_bytes("\r".join(shouted).encode() + b"\r")
+    out, registry = _made_from(records, tmp_path)
+
+    result = _verify_records(cli, out, registry, tmp_path, "--records", str(records))
+
+    assert result == (0, "", {})
+    assert len(manifest(out)) == 3
+
+
+def test_a_duplicate_record_is_verified_with_the_password_generate_used(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    records = FIXTURES / "bad-accounts.csv"
+    out, registry = _made_from(records, tmp_path)
+
+    code, err, failures = _verify_records(
+        cli, out, registry, tmp_path, "--records", str(records)
+    )
+
+    assert (code, err, failures) == (0, "", {})
+    report = verify_batch(out, registry_path=registry, records=records, workers=1)
+    assert report.ok
 
 
 # Each remaining check, made to fail on its own ------------------------------------

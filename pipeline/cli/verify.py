@@ -133,12 +133,20 @@ def password_lookup(
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         files = []
-        for number, path in enumerate(p for p in (records, secrets) if p):
+        for number, (path, optional) in enumerate(
+            (p, p is records) for p in (records, secrets) if p
+        ):
             db = scratch_db(scratch / f"passwords-{number}.sqlite3")
             stack.callback(db.close)
-            lookup = SecretsFile(path, db)
+            # A records file may hold no password column: its batch took
+            # the passwords from --secrets.
+            lookup = SecretsFile(path, db, optional=optional)
             stack.callback(lookup.close)
-            files.append(lookup)
+            if lookup.holds_passwords:
+                files.append(lookup)
+        if not files:
+            yield None
+            return
 
         def passwords(account_id: uuid.UUID) -> str | None:
             for lookup in files:

@@ -132,13 +132,13 @@ def _every_record(
     name = "batch.records"
     if records is None:
         return CheckResult(name, "skip", "no --records file given")
-    generated = {str(row.get("account_id")) for row in rows}
+    generated = {_canonical(row.get("account_id")) for row in rows} - {None}
     rejected = {row.get("line") for row in rejects}
     missing = []
     for line, row in read_rows(records):
         if line in rejected:
             continue
-        if isinstance(row, dict) and str(row.get("account_id")) in generated:
+        if isinstance(row, dict) and _canonical(row.get("account_id")) in generated:
             continue
         missing.append(line)
     if not missing:
@@ -159,6 +159,14 @@ def _every_record(
         f"nor rejected (line {shown}): finish the batch with keymail generate "
         "--resume, or give the records file it was made from",
     )
+
+
+def _canonical(account_id: object) -> str | None:
+    """The UUID as generate writes it (lower case), whatever case it was typed in."""
+    try:
+        return str(uuid.UUID(str(account_id)))
+    except ValueError:
+        return None
 
 
 def _jobs(
