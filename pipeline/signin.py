@@ -29,6 +29,7 @@ from pipeline.config import Settings
 from pipeline.deliver.disk import append_jsonl
 from pipeline.errors import CodeError, KeystoreError, MalformedCodeError, UsageError
 from pipeline.keys import KdfParams
+from pipeline.keys.payload import is_payload
 from pipeline.keystore import Keystore
 from pipeline.produce import Account, Producer, manifest_row
 from pipeline.registry import Entry, Registry
@@ -107,7 +108,10 @@ def _from_qr_images(images: list[Image.Image], name: str) -> keys.Eak:
             f"no QR code found in {name}: use a sharper image, the PDF kit, or type "
             "the account code"
         )
-    return keys.parse_payload(texts[0])
+    # An email or a page may carry other QR codes too (a signature, an app
+    # link): the one that looks like a keymail payload is the one to read.
+    ours = [text for text in texts if is_payload(text)]
+    return keys.parse_payload((ours or texts)[0])
 
 
 def _from_pdf(data: bytes, name: str) -> keys.Eak:

@@ -437,3 +437,21 @@ def test_a_broken_image_in_an_eml_names_the_part(world: World) -> None:
         stderr
     )
     assert "BytesIO" not in stderr
+
+
+def test_an_image_with_another_apps_qr_code_too_reads_ours(world: World) -> None:
+    ours = Image.open(world.folder(ADA) / "qr.png").convert("L")
+    theirs = qrcode.make("https://example.com/app", border=4).get_image().convert("L")
+    # The other code above ours: zxing-cpp then reports it first.
+    both = Image.new("L", (400, theirs.height + ours.height + 40), 255)
+    both.paste(theirs, (0, 0))
+    both.paste(ours, (0, theirs.height + 40))
+    path = world.root / "two-codes.png"
+    both.save(path)
+    found = [r.text for r in zxingcpp.read_barcodes(both)]
+    assert len(found) == 2 and not found[0].startswith("KM1:")
+
+    code, stdout, stderr = world.unlock("--email", ADA, "--qr", str(path))
+
+    assert (code, stderr) == (0, "")
+    assert f"key check: {world.rows[ADA]['key_check']}" in stdout
