@@ -189,13 +189,14 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
 
 
 def _check_templates(options: BatchOptions) -> None:
-    """Refuse a template folder whose kit.css cannot load, before any work.
+    """Refuse a template folder whose kit.css cannot load, or whose email
+    refers to what an email must not, before any work.
 
     Workers load it as they start; a refusal there would break the pool
     rather than fail records, and it would fail every record alike.
     """
     try:
-        Producer(options.settings, options.templates)
+        Producer(options.settings, options.templates).check_email_html()
     except RenderError as exc:
         raise UsageError(f"templates {str(options.templates)!r}: {exc}") from None
 

@@ -134,3 +134,24 @@ def first_refused(html: str) -> tuple[str, str] | None:
             continue
         return where, url
     return None
+
+
+def shown_url(url: str) -> str:
+    """A URL as a message may quote it: the scheme and the host, no more.
+
+    The path and the query may hold what a template put there (an account
+    code in a tracking link), and the user part a password.
+    """
+    text = url.strip()
+    if text.lower().startswith("data:"):
+        return "a data: URI"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    if parts is not None and parts.scheme and host:
+        return f"{parts.scheme}://{host}/..."
+    if parts is not None and parts.scheme:
+        return f"a {parts.scheme}: URL"
+    return "a relative URL"

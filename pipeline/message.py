@@ -13,10 +13,16 @@ from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 
 from pipeline.errors import RenderError
-from pipeline.htmlrefs import first_refused
+from pipeline.htmlrefs import first_refused, shown_url
 from pipeline.render.context import EmailContext
 
-__all__ = ["build_message", "kit_filename", "make_message_id", "qr_cid"]
+__all__ = [
+    "build_message",
+    "check_references",
+    "kit_filename",
+    "make_message_id",
+    "qr_cid",
+]
 
 logger = logging.getLogger("pipeline.message")
 
@@ -94,14 +100,7 @@ def build_message(
             f"email HTML of account {ctx.account_id} does not show the QR code:"
             f" no reference to 'cid:{cid}'"
         )
-    refused = first_refused(html)
-    if refused is not None:
-        where, url = refused
-        kind = "a data: URI" if url.lower().startswith("data:") else repr(url[:80])
-        raise RenderError(
-            f"email HTML of account {ctx.account_id} refers to {kind} in {where}:"
-            " an email body may load only its own cid: images and link to mailto:"
-        )
+    check_references(html, f"email HTML of account {ctx.account_id}")
 
     message = EmailMessage(policy=_POLICY)
     message["From"] = ctx.sender
@@ -124,6 +123,17 @@ def build_message(
 
     _set_boundaries(message, message_id)
     return message.as_bytes(policy=_POLICY)
+
+
+def check_references(html: str, what: str) -> None:
+    """Refuse an HTML body that refers to anything but cid:, mailto: and #."""
+    refused = first_refused(html)
+    if refused is not None:
+        where, url = refused
+        raise RenderError(
+            f"{what} refers to {shown_url(url)} in {where}: an email body may "
+            "load only its own cid: images and link to mailto:"
+        )
 
 
 def _account_uuid(account_id: str) -> uuid.UUID:

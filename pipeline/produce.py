@@ -65,6 +65,33 @@ class Producer:
         self.templates = Templates(templates_dir)
         self.kit = KitRenderer(self.templates)
 
+    def check_email_html(self) -> None:
+        """Render the email HTML for a sample account and refuse what every
+        account's would refuse alike (a tracking pixel, a data: image).
+
+        A template may still refer to something for some accounts only; the
+        same check runs on each account's email as it is built.
+        """
+        groups = ("000000",) * keys.code.GROUPS
+        ctx = EmailContext(
+            account_id="00000000-0000-4000-8000-000000000000",
+            email="sample@example.com",
+            name="Sample Account",
+            account_code="-".join(groups),
+            account_code_groups=groups,
+            qr_payload=keys.payload.PREFIX + "0" * 132,
+            issued=dt.date(2000, 1, 1),
+            key_generation=1,
+            password_epoch=1,
+            reason="new",
+            product=self.settings.product,
+            support_email=self.settings.support_email,
+            sender=self.settings.sender,
+            subject=self.settings.subject_for("Sample Account"),
+        )
+        html = self.templates.email_html(ctx, "sample@keymail")
+        message.check_references(html, "email.html.j2, rendered for a sample account,")
+
     def produce(
         self,
         account: Account,

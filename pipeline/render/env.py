@@ -40,9 +40,6 @@ KIT_HTML = "kit.html.j2"
 HTML_SIZE_WARNING = 90 * 1024
 
 _HTML_SUFFIXES = (".html.j2", ".htm.j2", ".xml.j2", ".svg.j2", ".html", ".htm")
-_DATA_URI = re.compile(
-    r"""(?:src|href)\s*=\s*["']?\s*data:|url\(\s*["']?\s*data:""", re.I
-)
 
 
 # The indent, bullet or number that starts a list line: "- ", "2. ", "    ".
@@ -181,11 +178,6 @@ class Templates:
                 "email HTML of account %s is %d bytes; Gmail clips near 100 KB",
                 ctx.account_id,
                 size,
-            )
-        if _DATA_URI.search(html):
-            logger.warning(
-                "email HTML of account %s holds a data: URI; Gmail drops those",
-                ctx.account_id,
             )
         return html
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline import keys
 from pipeline.errors import CodeError, KeymailError
-from pipeline.htmlrefs import HtmlScan, html_urls, scan_html
+from pipeline.htmlrefs import HtmlScan, html_urls, scan_html, shown_url
 from pipeline.keys import AccountState, Eak
 from pipeline.verify import degrade, readers, svg
 from pipeline.verify.readers import ReadError, Symbol
@@ -496,7 +496,7 @@ def _no_external(ins: Inspection) -> None:
         if url.startswith("#") or scheme in ("cid", "mailto", "data"):
             continue
         raise CheckFailed(
-            f"{where} refers to {url[:80]!r}: only cid: and mailto: allowed"
+            f"{where} refers to {shown_url(url)}: only cid: and mailto: allowed"
         )
 
 
