@@ -70,10 +70,22 @@ class _Scanner(HTMLParser):
                 self.scan.urls.append((f"<{tag} {name}>", value.strip()))
             elif name == "style":
                 self.scan.css.append(value)
-            elif name == "content" and tag == "meta" and "url=" in value.lower():
+            elif name == "srcdoc":
+                self._nested(value)  # a whole document, with its own URLs
+            elif name == "content" and tag == "meta" and _META_URL.search(value):
                 self.scan.urls.append(("<meta content>", value.strip()))
         if tag in _SKIPPED_TEXT:
             self._skipping.append(tag)
+
+    def handle_comment(self, data: str) -> None:
+        # Outlook reads the markup in conditional comments (<!--[if mso]>...
+        # <![endif]-->), and nothing is lost by reading every comment's.
+        self._nested(data)
+
+    def _nested(self, html: str) -> None:
+        inner = scan_html(html)
+        self.scan.urls += inner.urls
+        self.scan.css += inner.css
 
     def handle_endtag(self, tag: str) -> None:
         if self._skipping and self._skipping[-1] == tag:
@@ -95,12 +107,37 @@ def scan_html(html: str) -> HtmlScan:
 
 _CSS_URL = re.compile(r"""url\(\s*(['"]?)(.*?)\1\s*\)""", re.IGNORECASE | re.DOTALL)
 _CSS_IMPORT = re.compile(r"""@import\s+(['"])(.*?)\1""", re.IGNORECASE)
+# Any quoted string that names a fetchable place: image-set("..."), and
+# whatever else a future CSS may load from a bare string.
+_CSS_STRING_URL = re.compile(
+    r"""(['"])\s*((?:https?:|ftp:|file:|data:|//)[^'"]*)\1""", re.IGNORECASE
+)
+# A CSS escape: a backslash and 1-6 hex digits (and one optional space), or a
+# backslash and any other character, which stands for itself.
+_CSS_ESCAPE = re.compile(r"\\([0-9a-fA-F]{1,6}\s?|[^\n0-9a-fA-F])")
+_META_URL = re.compile(r"url\s*=", re.IGNORECASE)
+
+
+def _css_unescape(css: str) -> str:
+    """`u\\72l(` is `url(` to a CSS parser: undo escapes before looking."""
+
+    def one(match: re.Match[str]) -> str:
+        text = match.group(1)
+        if text[0] in "0123456789abcdefABCDEF":
+            code = int(text.strip(), 16)
+            return chr(code) if 0 < code <= 0x10FFFF else "\ufffd"
+        return text
+
+    return _CSS_ESCAPE.sub(one, css)
 
 
 def css_urls(css: str) -> list[str]:
-    """The URLs a stylesheet or style attribute loads: url(...) and @import."""
+    """The URLs a stylesheet or style attribute loads: url(...), @import, and
+    quoted strings naming a fetchable place (image-set), escapes undone."""
+    css = _css_unescape(css)
     found = [match.group(2).strip() for match in _CSS_URL.finditer(css)]
     found += [match.group(2).strip() for match in _CSS_IMPORT.finditer(css)]
+    found += [match.group(2).strip() for match in _CSS_STRING_URL.finditer(css)]
     return found
 
 
@@ -113,7 +150,8 @@ def html_urls(scan: HtmlScan) -> list[tuple[str, str]]:
                 (where, entry.split()[0]) for entry in value.split(",") if entry.split()
             ]
         elif where == "<meta content>":
-            urls.append((where, value.lower().split("url=", 1)[1].strip(" '\"")))
+            url = _META_URL.split(value, maxsplit=1)[1]
+            urls.append((where, url.strip(" '\"")))
         else:
             urls.append((where, value))
     for css in scan.css:

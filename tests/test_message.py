@@ -12,6 +12,7 @@ from email.parser import BytesParser
 import pytest
 
 from pipeline.errors import RenderError
+from pipeline.htmlrefs import first_refused
 from pipeline.message import build_message, kit_filename, make_message_id, qr_cid
 from pipeline.render.context import EmailContext
 from pipeline.render.env import Templates
@@ -263,3 +264,13 @@ def test_the_message_is_small(raw: bytes, parsed: EmailMessage) -> None:
 
     assert len(html.encode()) < 90 * 1024
     assert len(raw) < 100 * 1024
+
+
+def test_what_an_email_body_may_hold_is_not_refused() -> None:
+    html = (
+        "<!-- a plain comment --><style>p { font-family: 'Helvetica', sans-serif;"
+        " } p::after { content: 'note: kept' }</style>"
+        '<p style="color: #333">Hi <a href="mailto:help@example.com">help</a>'
+        ' <a href="#top">top</a> <img src="cid:qr@example.com" alt="QR"></p>'
+    )
+    assert first_refused(html) is None

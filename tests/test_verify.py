@@ -396,6 +396,27 @@ def test_an_artifact_edited_after_the_manifest(
         ('<img src="https://tracker.example/pixel.gif" alt="">', "html.no_external"),
         ('<div style="background:url(//cdn.example/x.png)"></div>', "html.no_external"),
         ('<img src="cid:missing@example.com" alt="">', "mime.cid"),
+        # What a stdlib parser would pass over unless told to look.
+        (
+            '<!--[if mso]><v:image src="https://t.example/o.gif"/><![endif]-->',
+            "html.no_external",
+        ),
+        (
+            '<meta http-equiv="refresh" content="0; URL = https://t.example/">',
+            "html.no_external",
+        ),
+        (
+            '<div style="background: u\\72l(https://t.example/e.gif)">.</div>',
+            "html.no_external",
+        ),
+        (
+            "<div style='background: image-set(\"https://t.example/s.png\")'>.</div>",
+            "html.no_external",
+        ),
+        (
+            '<iframe srcdoc="&lt;img src=&quot;https://t.example/f.gif&quot;&gt;"></iframe>',
+            "html.no_external",
+        ),
     ],
 )
 def test_the_html_body_refers_to_nothing_but_cid_and_mailto(
