@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import email_validator
 
@@ -363,10 +363,12 @@ def _encrypted_key(line: int, value: str, account_id: uuid.UUID) -> keys.Eak:
 class SecretsFile:
     """Passwords by account_id from a CSV or JSONL file, without holding them.
 
-    The file is indexed once (account_id -> byte offset, in a temporary SQLite
-    table that holds no password) and each password is read back when its record
-    comes, so memory does not grow with the number of accounts. A password is
-    taken exactly as written: CSV quoting applies, nothing is stripped.
+    The file is indexed once (line number, account_id -> byte offset and
+    length, in a temporary SQLite table that holds no password) and each
+    password is read back when its record comes, so memory does not grow with
+    the number of accounts. Lines are split and counted as the records reader
+    does. A password is taken exactly as written: CSV quoting applies, nothing
+    is stripped.
     """
 
     def __init__(
@@ -379,30 +381,37 @@ class SecretsFile:
         self._optional = optional
         self._format = detect_format(path)
         self._db = index
+        self._db.execute("DROP TABLE IF EXISTS secret_line")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS secret "
-            "(account_id TEXT PRIMARY KEY, offset INT, length INT)"
+            "CREATE TABLE secret_line "
+            "(line INTEGER PRIMARY KEY, account_id TEXT, offset INT, length INT)"
         )
-        self._db.execute("DELETE FROM secret")
+        self._db.execute("CREATE INDEX secret_line_account ON secret_line (account_id)")
         self._handle = path.open("rb")
         self._columns: list[str] = []
-        self._index()
+        try:
+            self._index()
+        except BaseException:
+            self._handle.close()
+            raise
 
     def _index(self) -> None:
-        # The first line of an account counts, as in a records file, where
-        # generate rejects the later duplicates.
-        for number, (start, raw) in enumerate(_raw_lines(self._handle), start=1):
+        batch: list[tuple[int, str, int, int]] = []
+        for number, start, raw in _raw_lines(self._path, self._format):
             if number == 1 and self._format == "csv":
-                self._columns = self._header(raw)
+                self._columns = self._header(raw or b"")
                 if "password" not in self._columns:
                     return  # an optional file without passwords
                 continue
+            if raw is None:
+                continue  # too long to be a record, as the records reader says
             account_id = self._row(raw).get("account_id")
             if isinstance(account_id, str) and account_id:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO secret VALUES (?, ?, ?)",
-                    (account_id.lower(), start, len(raw)),
-                )
+                batch.append((number, account_id.lower(), start, len(raw)))
+            if len(batch) >= 1000:
+                self._db.executemany("INSERT INTO secret_line VALUES (?,?,?,?)", batch)
+                batch.clear()
+        self._db.executemany("INSERT INTO secret_line VALUES (?,?,?,?)", batch)
 
     def _header(self, raw: bytes) -> list[str]:
         columns = self._csv_values(raw)
@@ -430,8 +439,18 @@ class SecretsFile:
         if self._format == "csv":
             values = self._csv_values(raw)
             if values is None or len(values) != len(self._columns):
-                first = raw.split(b",", 1)[0].decode("ascii", "replace").strip()
-                return {"account_id": first, "malformed": True}
+                # Whose line it is, if the account_id can still be found in
+                # its place and is a UUID; never any other text of the line,
+                # which may be a piece of the password.
+                pieces = raw.split(b",")
+                place = self._columns.index("account_id")
+                if place >= len(pieces):
+                    return {}
+                guess = pieces[place].decode("ascii", "replace").strip(' "\r\n')
+                try:
+                    return {"account_id": str(uuid.UUID(guess)), "malformed": True}
+                except ValueError:
+                    return {}
             return dict(zip(self._columns, values, strict=True))
         try:
             row = json.loads(raw)
@@ -445,19 +464,31 @@ class SecretsFile:
         return self._format != "csv" or "password" in self._columns
 
     def password(self, account_id: uuid.UUID) -> str | None:
-        """The account's password, None when the file has none for it.
+        """The account's password (its first line's), None when the file has
+        none for it.
 
         Raises SecretsRowError when the account's line cannot be read whole
         (for instance an unquoted comma in a CSV password).
         """
         found = self._db.execute(
-            "SELECT offset, length FROM secret WHERE account_id = ?",
+            "SELECT offset, length FROM secret_line WHERE account_id = ? "
+            "ORDER BY line LIMIT 1",
             (str(account_id),),
         ).fetchone()
-        if found is None:
-            return None
-        self._handle.seek(found[0])
-        row = self._row(self._handle.read(found[1]))
+        return None if found is None else self._read(*found)
+
+    def password_on_line(self, line: int, account_id: uuid.UUID) -> str | None:
+        """The password on record line `line`, if that line is the account's:
+        the line generate made the account from, when it had duplicates."""
+        found = self._db.execute(
+            "SELECT offset, length FROM secret_line WHERE line = ? AND account_id = ?",
+            (line, str(account_id)),
+        ).fetchone()
+        return None if found is None else self._read(*found)
+
+    def _read(self, offset: int, length: int) -> str | None:
+        self._handle.seek(offset)
+        row = self._row(self._handle.read(length))
         if row.get("malformed"):
             raise SecretsRowError(
                 f"its line in {self._path.name} does not have "
@@ -471,24 +502,30 @@ class SecretsFile:
         self._handle.close()
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-def _raw_lines(handle: BinaryIO, size: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, line with its ending) for each line of a binary file,
-    ending at \\n, \\r\\n or \\r as the records reader does; read in chunks."""
-    offset, pending = 0, b""
-    while chunk := handle.read(size):
-        data, start = pending + chunk, 0
-        for end in _LINE_END.finditer(data):
-            if end.group() == b"\r" and end.end() == len(data):
-                break  # a \r at the chunk's end may be the start of \r\n
-            yield offset, data[start : end.end()]
-            offset += end.end() - start
-            start = end.end()
-        pending = data[start:]
-    if pending:
-        yield offset, pending
+def _raw_lines(path: Path, kind: str) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number, byte offset, bytes with the line end) for each line, split
+    and counted as the records reader does: CSV at \\n, \\r\\n or \\r,
+    JSONL at \\n. A line longer than MAX_LINE_BYTES comes as None."""
+    ends = ("\n", "\r") if kind == "csv" else ("\n",)
+    with path.open(
+        encoding="utf-8",
+        errors="surrogateescape",  # lossless: offsets stay exact
+        newline="" if kind == "csv" else "\n",
+    ) as text:
+        offset, number = 0, 0
+        while line := text.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            data = line.encode("utf-8", "surrogateescape")
+            if len(line) > MAX_LINE_BYTES and not line.endswith(ends):
+                size = len(data)
+                while line and not line.endswith(ends):
+                    line = text.readline(MAX_LINE_BYTES)
+                    size += len(line.encode("utf-8", "surrogateescape"))
+                yield number, offset, None
+                offset += size
+                continue
+            yield number, offset, data
+            offset += len(data)
 
 
 class SecretsRowError(Exception):

@@ -311,3 +311,32 @@ def test_a_secret_with_a_line_break_is_refused_not_cut(tmp_path: Path) -> None:
         secrets.password(ids[0])
     assert secrets.password(ids[1]) == "one line password"
     secrets.close()
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_secrets_lines_are_the_lines_the_records_reader_counts(
+    tmp_path: Path, end: str, request: pytest.FixtureRequest
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    lines = [
+        "\ufeffaccount_id,email,name,password",
+        f"{ids[0]},a@example.com,A,first-pass-0",
+        f"{ids[1]},b@example.com,B," + "x" * 20_000,  # too long to be a record
+        "",
+        f'{ids[2]},c@example.com,C,"with, comma"',
+        f"{ids[3]},d@example.com,D,last-pass-3",
+    ]
+    path = tmp_path / "records.csv"
+    path.write_bytes(end.join(lines).encode() + end.encode())
+    secrets = SecretsFile(path, scratch_db(tmp_path / "s.db"), optional=True)
+    request.addfinalizer(secrets.close)
+
+    by_line = {line: row for line, row in read_rows(path) if isinstance(row, dict)}
+
+    assert sorted(by_line) == [2, 5, 6]
+    for line, row in by_line.items():
+        account_id = uuid.UUID(row["account_id"])
+        assert secrets.password_on_line(line, account_id) == row["password"]
+        assert secrets.password(account_id) == row["password"]
+    assert secrets.password(uuid.UUID(ids[1])) is None
+    assert secrets.password_on_line(5, uuid.UUID(ids[0])) is None  # not its line

@@ -856,6 +856,26 @@ def test_a_duplicate_record_is_verified_with_the_password_generate_used(
     assert report.ok
 
 
+def test_the_password_is_read_from_the_line_the_account_was_made_from(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    account = str(uuid.uuid4())
+    records = tmp_path / "records.csv"
+    records.write_text(
+        "account_id,email,name,password\n"
+        f"{account},not-an-email,Typo First,OldTypo-pass-1\n"  # rejected
+        f"{account},a@example.com,Right Second,Correct-horse-9\n"  # generated
+    )
+    out, registry = _made_from(records, tmp_path)
+    assert [row["line"] for row in manifest(out)] == [3]
+
+    code, err, failures = _verify_records(
+        cli, out, registry, tmp_path, "--records", str(records)
+    )
+
+    assert (code, err, failures) == (0, "", {})
+
+
 # Each remaining check, made to fail on its own ------------------------------------
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli.app import Exit, app, error, state, stdout, usage
-from pipeline.deliver.disk import atomic_write
+from pipeline.deliver.disk import atomic_write, read_jsonl
 from pipeline.errors import BatchError, RegistryError, UsageError
 from pipeline.records import SecretsFile, scratch_db
 from pipeline.verify import (
@@ -98,7 +98,10 @@ def verify_command(
             usage(f"{option}: no folder {path.parent} to write the report into")
 
     try:
-        with password_lookup(secrets, records) as passwords, progress_bar() as done:
+        with (
+            password_lookup(secrets, records, batch_dir) as passwords,
+            progress_bar() as done,
+        ):
             report = verify_batch(
                 batch_dir,
                 registry_path=registry,
@@ -120,42 +123,61 @@ def verify_command(
 
 @contextmanager
 def password_lookup(
-    secrets: Path | None, records: Path | None
+    secrets: Path | None, records: Path | None, batch_dir: Path
 ) -> Iterator[Passwords | None]:
     """Passwords by account_id: the records file's column first, then --secrets.
 
-    Both files are indexed in a temporary folder, never in the batch folder,
-    and read one password at a time.
+    From the records file, an account's password is the one on the line the
+    manifest says generate made it from (a rejected duplicate before it does
+    not count). Both files are indexed in a temporary folder, never in the
+    batch folder, and read one password at a time.
     """
     if secrets is None and records is None:
         yield None
         return
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        files = []
-        for number, (path, optional) in enumerate(
-            (p, p is records) for p in (records, secrets) if p
-        ):
-            db = scratch_db(scratch / f"passwords-{number}.sqlite3")
+
+        def indexed(path: Path, name: str, optional: bool) -> SecretsFile | None:
+            db = scratch_db(scratch / f"{name}.sqlite3")
             stack.callback(db.close)
-            # A records file may hold no password column: its batch took
-            # the passwords from --secrets.
+            # A records file may hold no password column: its batch took the
+            # passwords from --secrets.
             lookup = SecretsFile(path, db, optional=optional)
             stack.callback(lookup.close)
-            if lookup.holds_passwords:
-                files.append(lookup)
-        if not files:
+            return lookup if lookup.holds_passwords else None
+
+        by_line = indexed(records, "records", True) if records else None
+        by_account = indexed(secrets, "secrets", False) if secrets else None
+        if by_line is None and by_account is None:
             yield None
             return
+        lines = _manifest_lines(batch_dir) if by_line is not None else {}
 
         def passwords(account_id: uuid.UUID) -> str | None:
-            for lookup in files:
-                found = lookup.password(account_id)
-                if found:
-                    return found
-            return None
+            line = lines.get(str(account_id))
+            found = (
+                by_line.password_on_line(line, account_id) if by_line and line else None
+            )
+            if not found and by_account is not None:
+                found = by_account.password(account_id)
+            return found or None
 
         yield passwords
+
+
+def _manifest_lines(batch_dir: Path) -> dict[str, int]:
+    """account_id -> the records line generate made it from (the manifest's)."""
+    lines: dict[str, int] = {}
+    try:
+        rows = read_jsonl(batch_dir / "manifest.jsonl")
+    except (OSError, ValueError):
+        return lines  # verify itself reports a missing or broken manifest
+    for row in rows:
+        account_id, line = row.get("account_id"), row.get("line")
+        if isinstance(account_id, str) and isinstance(line, int):
+            lines[account_id.lower()] = line
+    return lines
 
 
 @contextmanager
