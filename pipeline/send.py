@@ -469,9 +469,11 @@ class _Run:
             try:
                 self._send_each(client, fresh)
             finally:
-                self._save_outcomes()
-                self._settle_writes(wait=True)
-                self._unmark_unsent()
+                try:
+                    self._save_outcomes()
+                    self._settle_writes(wait=True)
+                finally:  # even when a ledger write failed
+                    self._unmark_unsent()
 
     def _unmark_unsent(self) -> None:
         """The run ended: marks made ahead for messages never sent go back."""
@@ -554,7 +556,6 @@ class _Run:
             marked = premarked[0]
         else:
             marked = helper.submit(self.ledger.mark_sending, *message.key)
-        self._save_outcomes()
         data_started = False
 
         def before_the_data() -> None:
@@ -570,6 +571,7 @@ class _Run:
 
         self.attempted += 1
         try:
+            self._save_outcomes()  # raises if an earlier write failed
             delivery = client.send(envelope, before_the_data, while_the_server_takes_it)
         except SmtpConnectionError as exc:
             marked.result()

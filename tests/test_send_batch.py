@@ -246,6 +246,27 @@ def test_a_2xx_before_the_data_is_not_a_delivery(
     assert states(batch)[problem.message_id] is MessageState.FAILED_TRANSIENT
 
 
+@pytest.mark.parametrize(
+    ("verb", "expected"),
+    [("MAIL", MessageState.FAILED_TRANSIENT), ("END", MessageState.UNCERTAIN)],
+)
+def test_a_reply_line_too_long_to_read_fails_that_message_only(
+    tmp_path: Path, verb: str, expected: MessageState
+) -> None:
+    batch = tmp_path / "batch"
+    write_batch(batch, 3)
+    first = message_ids(batch)[0]
+    script = RawScript({verb: ["250 " + "x" * 9000]})  # smtplib reads 8 KiB
+    with raw_smtp_server(script) as server:
+        summary = send(batch, server, retries=0)
+
+    assert summary.sent == 2
+    assert states(batch)[first] is expected
+    (problem,) = summary.problems
+    wording = "unreadable reply" if verb == "MAIL" else "could not be read"
+    assert problem.reply is not None and wording in problem.reply
+
+
 def test_an_unreadable_reply_after_the_data_is_uncertain(tmp_path: Path) -> None:
     batch = tmp_path / "batch"
     write_batch(batch, 2)
@@ -399,6 +420,30 @@ def test_an_interrupt_before_a_marked_message_goes_out_puts_its_mark_back(
     found = states(batch)
     assert found[first] is MessageState.SENT
     assert found[second] is MessageState.PENDING
+
+
+@pytest.mark.parametrize("failing_write", [1, 2, 3])
+def test_a_failed_ledger_write_leaves_no_unsent_message_marked(
+    batch: Path, monkeypatch: pytest.MonkeyPatch, failing_write: int
+) -> None:
+    recorded = Ledger.record
+    calls = []
+
+    def record_or_fail(self: Ledger, *args: Any) -> None:
+        calls.append(args)
+        if len(calls) == failing_write:
+            raise BatchError("disk full (simulated)")
+        recorded(self, *args)
+
+    monkeypatch.setattr(Ledger, "record", record_or_fail)
+    with smtp_server() as server, pytest.raises(BatchError, match="disk full"):
+        send(batch, server)
+    received = set(server.handler.ids())
+
+    for message_id, state in states(batch).items():
+        if state is MessageState.SENDING:
+            # Only a message whose data went out may stay marked (uncertain).
+            assert message_id in received, (failing_write, message_id)
 
 
 def test_no_server_leaves_everything_pending(batch: Path) -> None:

@@ -439,6 +439,14 @@ class SmtpClient:
             raise _ConnectionLost(
                 "connection lost before the message was sent"
             ) from None
+        except smtplib.SMTPResponseException as exc:
+            # smtplib could not read the reply (a line over 8 KiB): nothing
+            # was sent, and the session is in an unknown state.
+            self._drop()
+            return Delivery(
+                Outcome.FAILED_TRANSIENT,
+                Reply(None, f"unreadable reply before the data: {_text(exc)}"),
+            )
         except _Refusal as refusal:
             return Delivery(Outcome.FAILED_PERMANENT, Reply(None, str(refusal)))
 
@@ -473,6 +481,10 @@ class SmtpClient:
             self._drop()
             lost = "connection lost after the message was sent, before the reply"
             return Delivery(Outcome.UNCERTAIN, Reply(None, lost))
+        except smtplib.SMTPResponseException as exc:
+            self._drop()
+            unread = f"the reply to the message could not be read: {_text(exc)}"
+            return Delivery(Outcome.UNCERTAIN, Reply(None, unread))
         if code == 421:
             self._drop()
         return Delivery(classify(code), _reply(code, text))
@@ -549,6 +561,12 @@ def _data_payload(data: bytes) -> bytes:
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"
+
+
+def _text(exc: smtplib.SMTPResponseException) -> str:
+    error = exc.smtp_error
+    text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+    return " ".join(text.split())[:200]
 
 
 def _reply(code: int, text: bytes | str) -> Reply:
