@@ -6,6 +6,7 @@ reads every delivered body back with the same rules.
 
 from __future__ import annotations
 
+import html as html_module
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ class HtmlScan:
     urls: list[tuple[str, str]] = field(default_factory=list)
     css: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    # (where, why) for what an email body must not hold whatever its URLs:
+    # a script, an SVG animation, markup the parser cannot read.
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def cids(self) -> set[str]:
@@ -42,9 +46,11 @@ URL_ATTRIBUTES = frozenset(
         "formaction",
         "href",
         "icon",
+        "imagesrcset",
         "longdesc",
         "lowsrc",
         "manifest",
+        "ping",
         "poster",
         "profile",
         "src",
@@ -54,26 +60,44 @@ URL_ATTRIBUTES = frozenset(
     }
 )
 _SKIPPED_TEXT = frozenset({"head", "script", "style", "title"})
+# SVG animation can set an attribute (a link's href) to any value later.
+_ANIMATION = frozenset({"set", "animate", "animatemotion", "animatetransform"})
+# Browsers end a raw-text element at "</style" followed by anything up to
+# ">"; the stdlib parser of some Python versions wants "</style>" exactly.
+_RAW_TEXT_END = re.compile(
+    r"</(style|script|title|textarea|xmp|iframe|noembed|noframes|noscript)\b[^>]*>",
+    re.IGNORECASE,
+)
+# Comments and srcdoc are read as markup, to this depth.
+_MAX_DEPTH = 4
 
 
 class _Scanner(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, depth: int) -> None:
         super().__init__(convert_charrefs=True)
         self.scan = HtmlScan()
+        self._depth = depth
         self._skipping: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if value is None:
-                continue
+        if tag == "script":
+            self.scan.refused.append(("<script>", "a script"))
+        if tag in _ANIMATION:
+            self.scan.refused.append((f"<{tag}>", "an SVG animation"))
+        values = {name: value for name, value in attrs if value is not None}
+        for name, value in values.items():
             if name in URL_ATTRIBUTES:
                 self.scan.urls.append((f"<{tag} {name}>", value.strip()))
             elif name == "style":
                 self.scan.css.append(value)
             elif name == "srcdoc":
                 self._nested(value)  # a whole document, with its own URLs
-            elif name == "content" and tag == "meta" and _META_URL.search(value):
-                self.scan.urls.append(("<meta content>", value.strip()))
+        refresh = values.get("http-equiv", "").strip().lower() == "refresh"
+        if tag == "meta" and refresh and ";" in values.get("content", ""):
+            # content="5; url=https://..." or "5;https://...": the URL to go to.
+            target = values["content"].split(";", 1)[1].strip()
+            target = _META_URL.sub("", target, count=1).strip(" '\"")
+            self.scan.urls.append(("<meta refresh>", target))
         if tag in _SKIPPED_TEXT:
             self._skipping.append(tag)
 
@@ -83,9 +107,10 @@ class _Scanner(HTMLParser):
         self._nested(data)
 
     def _nested(self, html: str) -> None:
-        inner = scan_html(html)
+        inner = _scan(html, self._depth + 1)
         self.scan.urls += inner.urls
         self.scan.css += inner.css
+        self.scan.refused += inner.refused
 
     def handle_endtag(self, tag: str) -> None:
         if self._skipping and self._skipping[-1] == tag:
@@ -93,29 +118,48 @@ class _Scanner(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._skipping and self._skipping[-1] == "style":
-            self.scan.css.append(data)
+            # Inside <svg> or <math>, a <style> holds markup and character
+            # references, not raw text: read it both ways.
+            self.scan.css += [data, html_module.unescape(data)]
+            if "<" in data:
+                self._nested(data)
         elif not self._skipping:
             self.scan.text.append(data)
 
 
 def scan_html(html: str) -> HtmlScan:
-    scanner = _Scanner()
-    scanner.feed(html)
-    scanner.close()
+    return _scan(html, 0)
+
+
+def _scan(html: str, depth: int) -> HtmlScan:
+    if depth > _MAX_DEPTH:
+        return HtmlScan(refused=[("markup", "markup nested too deep to read")])
+    scanner = _Scanner(depth)
+    try:
+        scanner.feed(_RAW_TEXT_END.sub(lambda m: f"</{m.group(1)}>", html))
+        scanner.close()
+    except (AssertionError, ValueError):
+        # _markupbase asserts on some malformed declarations ("<![ x").
+        scanner.scan.refused.append(("markup", "markup the HTML parser cannot read"))
     return scanner.scan
 
 
-_CSS_URL = re.compile(r"""url\(\s*(['"]?)(.*?)\1\s*\)""", re.IGNORECASE | re.DOTALL)
-_CSS_IMPORT = re.compile(r"""@import\s+(['"])(.*?)\1""", re.IGNORECASE)
-# Any quoted string that names a fetchable place: image-set("..."), and
-# whatever else a future CSS may load from a bare string.
-_CSS_STRING_URL = re.compile(
-    r"""(['"])\s*((?:https?:|ftp:|file:|data:|//)[^'"]*)\1""", re.IGNORECASE
+# CSS tokens that can name a URL, each consuming what it matched, so one pass
+# is linear however the text is shaped: a string (which a line break ends
+# unclosed), url( with its unquoted URL, and @import.
+_CSS_TOKEN = re.compile(
+    r"""(?P<string>"[^"\n]*"?|'[^'\n]*'?)"""
+    r"""|url\(\s*(?P<url>[^)"'\s]*)"""
+    r"""|(?P<import>@import\s*)""",
+    re.IGNORECASE,
 )
+_FETCHABLE = re.compile(r"\s*(?:https?:|ftp:|file:|data:|//)", re.IGNORECASE)
 # A CSS escape: a backslash and 1-6 hex digits (and one optional space), or a
-# backslash and any other character, which stands for itself.
-_CSS_ESCAPE = re.compile(r"\\([0-9a-fA-F]{1,6}\s?|[^\n0-9a-fA-F])")
-_META_URL = re.compile(r"url\s*=", re.IGNORECASE)
+# backslash and any other character, which stands for itself; a backslash
+# before a line break continues a string on the next line.
+_CSS_ESCAPE = re.compile(r"\\([0-9a-fA-F]{1,6}\s?|[^\n\r\f0-9a-fA-F])")
+_CSS_CONTINUATION = re.compile(r"\\(?:\r\n|[\n\r\f])")
+_META_URL = re.compile(r"^url\s*=", re.IGNORECASE)
 
 
 def _css_unescape(css: str) -> str:
@@ -128,16 +172,24 @@ def _css_unescape(css: str) -> str:
             return chr(code) if 0 < code <= 0x10FFFF else "\ufffd"
         return text
 
-    return _CSS_ESCAPE.sub(one, css)
+    return _CSS_ESCAPE.sub(one, _CSS_CONTINUATION.sub("", css))
 
 
 def css_urls(css: str) -> list[str]:
     """The URLs a stylesheet or style attribute loads: url(...), @import, and
     quoted strings naming a fetchable place (image-set), escapes undone."""
-    css = _css_unescape(css)
-    found = [match.group(2).strip() for match in _CSS_URL.finditer(css)]
-    found += [match.group(2).strip() for match in _CSS_IMPORT.finditer(css)]
-    found += [match.group(2).strip() for match in _CSS_STRING_URL.finditer(css)]
+    found = []
+    url_string_at = -1  # where a string right after url( or @import starts
+    for token in _CSS_TOKEN.finditer(_css_unescape(css)):
+        string = token.group("string")
+        if string is not None:
+            value = string[1:].removesuffix(string[0])
+            if token.start() == url_string_at or _FETCHABLE.match(value):
+                found.append(value.strip())
+        elif token.group("url"):
+            found.append(token.group("url"))
+        else:  # url( with nothing unquoted, or @import: a string may follow
+            url_string_at = token.end()
     return found
 
 
@@ -145,13 +197,12 @@ def html_urls(scan: HtmlScan) -> list[tuple[str, str]]:
     """Every URL the HTML refers to: attributes, srcset entries and CSS url()."""
     urls = []
     for where, value in scan.urls:
-        if where.endswith(" srcset>"):
+        if where.endswith("srcset>"):
             urls += [
                 (where, entry.split()[0]) for entry in value.split(",") if entry.split()
             ]
-        elif where == "<meta content>":
-            url = _META_URL.split(value, maxsplit=1)[1]
-            urls.append((where, url.strip(" '\"")))
+        elif where.endswith(" ping>"):
+            urls += [(where, url) for url in value.split()]
         else:
             urls.append((where, value))
     for css in scan.css:
@@ -159,19 +210,30 @@ def html_urls(scan: HtmlScan) -> list[tuple[str, str]]:
     return urls
 
 
-def first_refused(html: str) -> tuple[str, str] | None:
-    """The first URL of `html` an email body must not hold: (where, url).
-
-    Allowed: cid: (the message's own parts), mailto: and #fragments. A data:
-    URI is refused (Gmail drops those), and so is anything a mail client would
-    fetch or follow from elsewhere.
-    """
-    for where, url in html_urls(scan_html(html)):
+def refusals(scan: HtmlScan, *, data_uris: bool = True) -> list[tuple[str, str]]:
+    """(where, what) for each thing an email body must not hold, `what` safe to
+    show: refused markup, then URLs but cid:, mailto: and #fragments (and
+    data: URIs unless `data_uris` is False)."""
+    found = list(scan.refused)
+    for where, url in html_urls(scan):
         scheme = url.strip().lower().split(":", 1)[0] if ":" in url else ""
         if url.startswith("#") or scheme in ("cid", "mailto"):
             continue
-        return where, url
-    return None
+        if scheme == "data" and not data_uris:
+            continue
+        found.append((where, shown_url(url)))
+    return found
+
+
+def first_refused(html: str) -> tuple[str, str] | None:
+    """The first thing of `html` an email body must not hold: (where, what).
+
+    Allowed: cid: (the message's own parts), mailto: and #fragments. A data:
+    URI is refused (Gmail drops those), and so is anything a mail client would
+    fetch or follow from elsewhere, and a script or an SVG animation.
+    """
+    found = refusals(scan_html(html))
+    return found[0] if found else None
 
 
 def shown_url(url: str) -> str:

@@ -13,7 +13,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 
 from pipeline.errors import RenderError
-from pipeline.htmlrefs import first_refused, shown_url
+from pipeline.htmlrefs import first_refused
 from pipeline.render.context import EmailContext
 
 __all__ = [
@@ -129,10 +129,10 @@ def check_references(html: str, what: str) -> None:
     """Refuse an HTML body that refers to anything but cid:, mailto: and #."""
     refused = first_refused(html)
     if refused is not None:
-        where, url = refused
+        where, shown = refused
         raise RenderError(
-            f"{what} refers to {shown_url(url)} in {where}: an email body may "
-            "load only its own cid: images and link to mailto:"
+            f"{what} holds {shown} in {where}: an email body may load only its "
+            "own cid: images and link to mailto:"
         )
 
 

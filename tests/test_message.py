@@ -274,3 +274,50 @@ def test_what_an_email_body_may_hold_is_not_refused() -> None:
         ' <a href="#top">top</a> <img src="cid:qr@example.com" alt="QR"></p>'
     )
     assert first_refused(html) is None
+
+
+@pytest.mark.parametrize(
+    ("html", "where"),
+    [
+        # Where the stdlib parser and a browser disagree.
+        ("<style></style x><img src=https://e.example/p.gif></style>", "<img src>"),
+        ("<style></style/><img src=https://e.example/p.gif>", "<img src>"),
+        ("<svg><style><img src=https://e.example/p.gif></style></svg>", "<img src>"),
+        (
+            "<svg><style>@import &quot;https://e.example/x.css&quot;</style></svg>",
+            "CSS",
+        ),
+        # CSS a parser reads as a URL.
+        ('<style>@import "ht\\\ntps://e.example/a.css";</style>', "CSS"),
+        ('<p style="background: u\\72l(https://e.example/x.gif)">.</p>', "CSS"),
+        (
+            "<p style='background: image-set(\"https://e.example/x.png\" 1x)'>.</p>",
+            "CSS",
+        ),
+        # Attributes and elements that fetch or change where a link goes.
+        (
+            '<meta http-equiv="refresh" content="0;https://e.example/">',
+            "<meta refresh>",
+        ),
+        (
+            '<link rel="preload" imagesrcset="https://e.example/a.png 1x">',
+            "<link imagesrcset>",
+        ),
+        ('<a href="mailto:a@example.com" ping="https://e.example/p">a</a>', "<a ping>"),
+        (
+            '<svg><a><set attributeName="href" to="https://e.example/"/></a></svg>',
+            "<set>",
+        ),
+        ("<script>fetch('/x')</script>", "<script>"),
+        # Markup it cannot read is refused, not passed over or crashed on.
+        ("<!-- <![ note ] --><p>x</p>", "markup"),
+    ],
+)
+def test_references_a_browser_would_follow_are_refused(html: str, where: str) -> None:
+    refused = first_refused(html)
+    assert refused is not None and refused[0] == where
+
+
+def test_email_boilerplate_meta_is_not_a_reference() -> None:
+    html = '<meta name="format-detection" content="telephone=no, url=no">'
+    assert first_refused(html) is None

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline import keys
 from pipeline.errors import CodeError, KeymailError
-from pipeline.htmlrefs import HtmlScan, html_urls, scan_html, shown_url
+from pipeline.htmlrefs import HtmlScan, html_urls, refusals, scan_html
 from pipeline.keys import AccountState, Eak
 from pipeline.verify import degrade, readers, svg
 from pipeline.verify.readers import ReadError, Symbol
@@ -491,13 +491,10 @@ def _no_data_uri(ins: Inspection) -> None:
 
 @check("html.no_external")
 def _no_external(ins: Inspection) -> None:
-    for where, url in html_urls(ins.html_scan()):
-        scheme = url.strip().lower().split(":", 1)[0] if ":" in url else ""
-        if url.startswith("#") or scheme in ("cid", "mailto", "data"):
-            continue
-        raise CheckFailed(
-            f"{where} refers to {shown_url(url)}: only cid: and mailto: allowed"
-        )
+    found = refusals(ins.html_scan(), data_uris=False)  # data: has its own check
+    if found:
+        where, shown = found[0]
+        raise CheckFailed(f"{where} holds {shown}: only cid: and mailto: allowed")
 
 
 @check("html.size")
