@@ -23,7 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import keys
-from pipeline.batch import BatchOptions, run_batch
+from pipeline.batch import BatchOptions, BatchSummary, run_batch
 from pipeline.keys import _testing
 from pipeline.registry import Registry
 from pipeline.verify import CHECK_NAMES, degrade, verify_batch
@@ -33,21 +33,30 @@ from conftest import FIXTURES, invoke, write_records
 RECORDS = FIXTURES / "accounts.csv"
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One batch of the 8 fixture accounts, made once: (batch folder, registry)."""
-    root = tmp_path_factory.mktemp("made")
-    out, registry = root / "batch", root / "registry.sqlite3"
+def make_batch(
+    records: Path, root: Path, **options: object
+) -> tuple[Path, Path, BatchSummary]:
+    """Generate `records` into root/made with the cheap test KDF, one worker:
+    (batch folder, registry, summary)."""
+    out, registry = root / "made", root / "made.sqlite3"
     with _testing.weak_kdf():
         summary = run_batch(
             BatchOptions(
-                records=RECORDS,
+                records=records,
                 out=out,
                 registry=registry,
                 workers=1,
                 kdf_params=_testing.FAST,
+                **options,  # type: ignore[arg-type]
             )
         )
+    return out, registry, summary
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One batch of the 8 fixture accounts, made once: (batch folder, registry)."""
+    out, registry, summary = make_batch(RECORDS, tmp_path_factory.mktemp("made"))
     assert summary.generated == 8, summary
     return out, registry
 
@@ -725,17 +734,7 @@ def test_a_record_missing_from_the_batch_fails_batch_records(
 
 def test_rejected_records_count_as_accounted_for(tmp_path: Path) -> None:
     bad = FIXTURES / "bad-accounts.csv"
-    out, registry = tmp_path / "bad", tmp_path / "registry.sqlite3"
-    with _testing.weak_kdf():
-        summary = run_batch(
-            BatchOptions(
-                records=bad,
-                out=out,
-                registry=registry,
-                workers=1,
-                kdf_params=_testing.FAST,
-            )
-        )
+    out, registry, summary = make_batch(bad, tmp_path)
     assert summary.rejected > 0
 
     report = verify_batch(out, registry_path=registry, records=bad, workers=1)
@@ -746,18 +745,7 @@ def test_rejected_records_count_as_accounted_for(tmp_path: Path) -> None:
 
 
 def test_a_batch_cut_short_by_limit_says_so(tmp_path: Path) -> None:
-    out, registry = tmp_path / "short", tmp_path / "registry.sqlite3"
-    with _testing.weak_kdf():
-        run_batch(
-            BatchOptions(
-                records=RECORDS,
-                out=out,
-                registry=registry,
-                workers=1,
-                kdf_params=_testing.FAST,
-                limit=3,
-            )
-        )
+    out, registry, _ = make_batch(RECORDS, tmp_path, limit=3)
 
     report = verify_batch(out, registry_path=registry, records=RECORDS, workers=1)
 
@@ -767,22 +755,6 @@ def test_a_batch_cut_short_by_limit_says_so(tmp_path: Path) -> None:
     assert records.status == "fail"
     assert "5 record(s)" in records.reason
     assert "--limit 3" in records.reason
-
-
-def _made_from(records: Path, tmp_path: Path, **options: object) -> tuple[Path, Path]:
-    out, registry = tmp_path / "made", tmp_path / "made.sqlite3"
-    with _testing.weak_kdf():
-        run_batch(
-            BatchOptions(
-                records=records,
-                out=out,
-                registry=registry,
-                workers=1,
-                kdf_params=_testing.FAST,
-                **options,  # type: ignore[arg-type]
-            )
-        )
-    return out, registry
 
 
 def _verify_records(
@@ -807,7 +779,7 @@ def test_records_without_passwords_verify_with_their_secrets(
         writer = csv.writer(handle)
         writer.writerow(["account_id", "password"])
         writer.writerows([r["account_id"], r["password"]] for r in rows)
-    out, registry = _made_from(records, tmp_path, secrets=secrets)
+    out, registry, _ = make_batch(records, tmp_path, secrets=secrets)
 
     alone = _verify_records(cli, out, registry, tmp_path, "--records", str(records))
     both = _verify_records(
@@ -838,7 +810,7 @@ def test_records_with_cr_line_endings_and_upper_case_ids(
     ]
     records = tmp_path / "cr.csv"
     records.write_bytes("\r".join(shouted).encode() + b"\r")
-    out, registry = _made_from(records, tmp_path)
+    out, registry, _ = make_batch(records, tmp_path)
 
     result = _verify_records(cli, out, registry, tmp_path, "--records", str(records))
 
@@ -850,7 +822,7 @@ def test_a_duplicate_record_is_verified_with_the_password_generate_used(
     cli: CliRunner, tmp_path: Path
 ) -> None:
     records = FIXTURES / "bad-accounts.csv"
-    out, registry = _made_from(records, tmp_path)
+    out, registry, _ = make_batch(records, tmp_path)
 
     code, err, failures = _verify_records(
         cli, out, registry, tmp_path, "--records", str(records)
@@ -861,7 +833,7 @@ def test_a_duplicate_record_is_verified_with_the_password_generate_used(
     assert report.ok
 
 
-def test_the_password_is_read_from_the_line_the_account_was_made_from(
+def test_the_password_is_read_from_the_line_the_account_wasmake_batch(
     cli: CliRunner, tmp_path: Path
 ) -> None:
     account = str(uuid.uuid4())
@@ -871,7 +843,7 @@ def test_the_password_is_read_from_the_line_the_account_was_made_from(
         f"{account},not-an-email,Typo First,OldTypo-pass-1\n"  # rejected
         f"{account},a@example.com,Right Second,Correct-horse-9\n"  # generated
     )
-    out, registry = _made_from(records, tmp_path)
+    out, registry, _ = make_batch(records, tmp_path)
     assert [row["line"] for row in manifest(out)] == [3]
 
     code, err, failures = _verify_records(
@@ -978,19 +950,7 @@ def test_a_kit_qr_printed_too_small_fails_module_size_and_print_scan(
     theme = Path(shutil.copytree(DEFAULT_TEMPLATES, tmp_path / "theme"))
     css = theme / "kit.css"
     css.write_text(css.read_text().replace("62mm", "14mm"))  # 49 modules: 0.29 mm
-    out, registry = tmp_path / "small", tmp_path / "registry.sqlite3"
-    with _testing.weak_kdf():
-        summary = run_batch(
-            BatchOptions(
-                records=RECORDS,
-                out=out,
-                registry=registry,
-                templates=theme,
-                workers=1,
-                kdf_params=_testing.FAST,
-                limit=1,
-            )
-        )
+    out, registry, summary = make_batch(RECORDS, tmp_path, templates=theme, limit=1)
     assert summary.generated == 1
 
     code, _, _, failures = verify_cli(cli, out, registry, tmp_path)
