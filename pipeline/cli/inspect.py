@@ -37,7 +37,10 @@ def inspect_command(
     try:
         eak = keys.parse_any(text)
     except CodeError as exc:
-        fail(exc, "type the code again, or scan the QR code instead")
+        # Typing again helps a typo, which names its group; not a code of
+        # another version or one asking for more than the KDF cap.
+        typo = bool(getattr(exc, "groups", ()))
+        fail(exc, "type the code again, or scan the QR code instead" if typo else None)
 
     fields = describe(eak.header)
     if as_json:
