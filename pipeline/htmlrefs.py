@@ -60,12 +60,13 @@ URL_ATTRIBUTES = frozenset(
     }
 )
 _SKIPPED_TEXT = frozenset({"head", "script", "style", "title"})
+_FOREIGN = frozenset({"svg", "math"})
 # SVG animation can set an attribute (a link's href) to any value later.
 _ANIMATION = frozenset({"set", "animate", "animatemotion", "animatetransform"})
 # Browsers end a raw-text element at "</style" followed by anything up to
 # ">"; the stdlib parser of some Python versions wants "</style>" exactly.
 _RAW_TEXT_END = re.compile(
-    r"</(style|script|title|textarea|xmp|iframe|noembed|noframes|noscript)\b[^>]*>",
+    r"</(style|script|title|textarea|xmp|iframe|noembed|noframes|noscript)\b",
     re.IGNORECASE,
 )
 # Comments and srcdoc are read as markup, to this depth.
@@ -78,26 +79,41 @@ class _Scanner(HTMLParser):
         self.scan = HtmlScan()
         self._depth = depth
         self._skipping: list[str] = []
+        self._foreign = 0  # open <svg> and <math> elements
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "script":
             self.scan.refused.append(("<script>", "a script"))
         if tag in _ANIMATION:
             self.scan.refused.append((f"<{tag}>", "an SVG animation"))
-        values = {name: value for name, value in attrs if value is not None}
-        for name, value in values.items():
-            if name in URL_ATTRIBUTES:
+        if tag in _FOREIGN:
+            self._foreign += 1
+        # Every occurrence of a repeated attribute is read: browsers keep the
+        # first, a check that kept the last could be fooled.
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name.startswith("on"):
+                self.scan.refused.append((f"<{tag} {name}>", "an event handler"))
+            elif name in URL_ATTRIBUTES:
                 self.scan.urls.append((f"<{tag} {name}>", value.strip()))
             elif name == "style":
                 self.scan.css.append(value)
             elif name == "srcdoc":
                 self._nested(value)  # a whole document, with its own URLs
-        refresh = values.get("http-equiv", "").strip().lower() == "refresh"
-        if tag == "meta" and refresh and ";" in values.get("content", ""):
+            elif "url(" in value.lower():
+                self.scan.css.append(value)  # SVG fill, filter, mask: url(...)
+        first: dict[str, str] = {}
+        for name, value in attrs:
+            first.setdefault(name, value or "")
+        refresh = first.get("http-equiv", "").strip().lower() == "refresh"
+        if tag == "meta" and refresh:
             # content="5; url=https://..." or "5;https://...": the URL to go to.
-            target = values["content"].split(";", 1)[1].strip()
-            target = _META_URL.sub("", target, count=1).strip(" '\"")
-            self.scan.urls.append(("<meta refresh>", target))
+            for name, value in attrs:
+                if name == "content" and value and ";" in value:
+                    target = value.split(";", 1)[1].strip()
+                    target = _META_URL.sub("", target, count=1).strip(" '\"")
+                    self.scan.urls.append(("<meta refresh>", target))
         if tag in _SKIPPED_TEXT:
             self._skipping.append(tag)
 
@@ -113,16 +129,20 @@ class _Scanner(HTMLParser):
         self.scan.refused += inner.refused
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in _FOREIGN and self._foreign:
+            self._foreign -= 1
         if self._skipping and self._skipping[-1] == tag:
             self._skipping.pop()
 
     def handle_data(self, data: str) -> None:
         if self._skipping and self._skipping[-1] == "style":
-            # Inside <svg> or <math>, a <style> holds markup and character
-            # references, not raw text: read it both ways.
-            self.scan.css += [data, html_module.unescape(data)]
-            if "<" in data:
-                self._nested(data)
+            self.scan.css.append(data)
+            if self._foreign:
+                # Inside <svg> or <math>, a <style> holds markup and character
+                # references, not raw text: read it that way too.
+                self.scan.css.append(html_module.unescape(data))
+                if "<" in data:
+                    self._nested(data)
         elif not self._skipping:
             self.scan.text.append(data)
 
@@ -131,12 +151,29 @@ def scan_html(html: str) -> HtmlScan:
     return _scan(html, 0)
 
 
+def _browser_end_tags(html: str) -> str:
+    """Write "</style x>" and "</style/>" as "</style>", as browsers read them.
+
+    One pass: each end tag is looked up once, and its ">" with str.find.
+    """
+    parts, done = [], 0
+    for tag in _RAW_TEXT_END.finditer(html):
+        if tag.start() < done:
+            continue
+        close = html.find(">", tag.end())
+        if close < 0:
+            break  # no ">" left: no later end tag can be complete either
+        parts += [html[done : tag.start()], f"</{tag.group(1)}>"]
+        done = close + 1
+    return "".join(parts) + html[done:]
+
+
 def _scan(html: str, depth: int) -> HtmlScan:
     if depth > _MAX_DEPTH:
         return HtmlScan(refused=[("markup", "markup nested too deep to read")])
     scanner = _Scanner(depth)
     try:
-        scanner.feed(_RAW_TEXT_END.sub(lambda m: f"</{m.group(1)}>", html))
+        scanner.feed(_browser_end_tags(html))
         scanner.close()
     except (AssertionError, ValueError):
         # _markupbase asserts on some malformed declarations ("<![ x").
@@ -175,12 +212,42 @@ def _css_unescape(css: str) -> str:
     return _CSS_ESCAPE.sub(one, _CSS_CONTINUATION.sub("", css))
 
 
+# Comments and strings, each consumed whole (an unclosed one to its end), so
+# a quote in a comment or an escaped quote in a string ends nothing.
+_CSS_LEX = re.compile(
+    r"(?P<comment>/\*(?:[^*]|\*(?!/))*(?:\*/)?)"
+    r"""|"(?P<dq>(?:[^"\\\n]|\\[\s\S])*)"?"""
+    r"""|'(?P<sq>(?:[^'\\\n]|\\[\s\S])*)'?"""
+)
+
+
+def _css_normalized(css: str) -> str:
+    """The CSS with comments dropped, escapes undone, and every string written
+    again as "...", holding no quote: what the URL tokens below can read."""
+    out, done = [], 0
+    for token in _CSS_LEX.finditer(css):
+        # Between tokens there is no quote, unless an escape makes one: such
+        # a character is part of a name, not a string's start.
+        outside = _css_unescape(css[done : token.start()])
+        out.append(outside.replace('"', "_").replace("'", "_"))
+        body = token.group("dq") if token.group("dq") is not None else token.group("sq")
+        if body is not None:
+            text = _css_unescape(body).replace('"', "%22").replace("'", "%27")
+            out.append('"' + text.replace("\n", " ") + '"')
+        else:
+            out.append(" ")  # a comment
+        done = token.end()
+    outside = _css_unescape(css[done:])
+    out.append(outside.replace('"', "_").replace("'", "_"))
+    return "".join(out)
+
+
 def css_urls(css: str) -> list[str]:
     """The URLs a stylesheet or style attribute loads: url(...), @import, and
     quoted strings naming a fetchable place (image-set), escapes undone."""
     found = []
     url_string_at = -1  # where a string right after url( or @import starts
-    for token in _CSS_TOKEN.finditer(_css_unescape(css)):
+    for token in _CSS_TOKEN.finditer(_css_normalized(css)):
         string = token.group("string")
         if string is not None:
             value = string[1:].removesuffix(string[0])
@@ -252,6 +319,8 @@ def shown_url(url: str) -> str:
         parts, host = None, ""
     if parts is not None and parts.scheme and host:
         return f"{parts.scheme}://{host}/..."
+    if parts is not None and host:
+        return f"//{host}/..."
     if parts is not None and parts.scheme:
         return f"a {parts.scheme}: URL"
     return "a relative URL"

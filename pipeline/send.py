@@ -569,9 +569,9 @@ class _Run:
                 self._prefetched = (upcoming.key, future)
                 self._premark(upcoming)
 
-        self.attempted += 1
         try:
             self._save_outcomes()  # raises if an earlier write failed
+            self.attempted += 1
             delivery = client.send(envelope, before_the_data, while_the_server_takes_it)
         except SmtpConnectionError as exc:
             marked.result()

@@ -311,6 +311,24 @@ def test_what_an_email_body_may_hold_is_not_refused() -> None:
         ("<script>fetch('/x')</script>", "<script>"),
         # Markup it cannot read is refused, not passed over or crashed on.
         ("<!-- <![ note ] --><p>x</p>", "markup"),
+        # A quote in a CSS comment or an escaped one in a string ends nothing.
+        (
+            "<style>/* don't */ p{background:url(https://e.example/p.png)}</style>",
+            "CSS",
+        ),
+        (
+            '<style>a{content:"\\""; background:url(https://e.example/p.png)}</style>',
+            "CSS",
+        ),
+        # Every occurrence of a repeated attribute counts.
+        ('<img src="https://e.example/p.png" src="cid:qr@example.com">', "<img src>"),
+        (
+            '<td style="background:url(https://e.example/p.png)" style="color:red">',
+            "CSS",
+        ),
+        # Event handlers, and url() in SVG presentation attributes.
+        ('<img src="cid:qr@example.com" onerror="fetch(1)">', "<img onerror>"),
+        ('<svg><rect fill="url(https://e.example/x.svg#g)"/></svg>', "CSS"),
     ],
 )
 def test_references_a_browser_would_follow_are_refused(html: str, where: str) -> None:
@@ -318,6 +336,17 @@ def test_references_a_browser_would_follow_are_refused(html: str, where: str) ->
     assert refused is not None and refused[0] == where
 
 
-def test_email_boilerplate_meta_is_not_a_reference() -> None:
-    html = '<meta name="format-detection" content="telephone=no, url=no">'
+@pytest.mark.parametrize(
+    "html",
+    [
+        '<meta name="format-detection" content="telephone=no, url=no">',
+        "<style>/* it's a note */ td > p { color: red } @media (max-width: 600px)"
+        " { p { margin: 0 } } @font-face { font-family: X; src: local('Arial') }"
+        "</style>",
+        "<!--[if !mso]><!--><p>shown</p><!--<![endif]-->",
+        '<p style="background: url(cid:bg@example.com)">.</p>',
+    ],
+    ids=["format-detection", "css", "not-mso", "cid-background"],
+)
+def test_email_boilerplate_is_not_a_reference(html: str) -> None:
     assert first_refused(html) is None
