@@ -415,8 +415,9 @@ class _Run:
 
     The SMTP conversation stays on the calling thread. A helper thread does the
     rest, in order, while this one waits for the server: ledger commits, and
-    reading and checking the next message. The data of a message still waits
-    for its `sending` commit.
+    reading and checking the next message. The data of a message waits for
+    its `sending` commit, which is made while MAIL, RCPT and DATA go back and
+    forth, never earlier: a message is marked only once it is being sent.
     """
 
     def __init__(
@@ -446,9 +447,6 @@ class _Run:
         self._writes: deque[Future[None]] = deque()
         self._unsaved: list[tuple[tuple[str, str], MessageState, str]] = []
         self._prefetched: tuple[tuple[str, str], Future[Envelope]] | None = None
-        # Next messages already marked `sending`, with the state to put back if
-        # the run ends before they go out.
-        self._premarked: dict[tuple[str, str], tuple[Future[None], MessageState]] = {}
 
     def states(self) -> dict[tuple[str, str], LedgerRow]:
         return {(r.account_id, r.message_id): r for r in self.ledger.rows()}
@@ -469,21 +467,8 @@ class _Run:
             try:
                 self._send_each(client, fresh)
             finally:
-                try:
-                    self._save_outcomes()
-                    self._settle_writes(wait=True)
-                finally:  # even when a ledger write failed
-                    self._unmark_unsent()
-
-    def _unmark_unsent(self) -> None:
-        """The run ended: marks made ahead for messages never sent go back."""
-        for key, (marked, prior) in self._premarked.items():
-            try:
-                marked.result()
-            except BatchError:
-                continue  # the mark was refused: nothing to put back
-            self.ledger.unmark(*key, prior)
-        self._premarked.clear()
+                self._save_outcomes()
+                self._settle_writes(wait=True)
 
     def _send_each(self, client: SmtpClient, fresh: deque[_Message]) -> None:
         connect_failures = 0
@@ -531,31 +516,21 @@ class _Run:
         attempt: int,
         upcoming: _Message | None,
     ) -> None:
-        # A message marked ahead keeps its mark if an outcome is recorded
-        # below (it replaces the mark); if the run stops first, it goes back.
-        premarked = self._premarked.pop(message.key, None)
-        try:
-            envelope = self._checked_envelope(message)
-        except BaseException:
-            if premarked is not None:
-                self._unmark(premarked[0], message)
-            raise
+        envelope = self._checked_envelope(message)
         if envelope is None:
             return
 
-        # Commit `sending` while MAIL, RCPT and DATA go back and forth (an fsync
-        # takes about as long as those round trips on loopback), unless it was
-        # committed ahead, and save the outcome of the message before. Once the
-        # data is out, while the server takes it (the longest wait of the
-        # four), the helper reads the next message and commits its `sending`:
-        # work queued then does not stand between a short reply and this
-        # thread (about 5% more messages/s on loopback).
+        # One fsynced transaction, while MAIL, RCPT and DATA go back and forth
+        # (an fsync takes about as long as those round trips on loopback):
+        # the outcome of the message before, and `sending` for this one. Once
+        # the data is out, while the server takes it (the longest wait of the
+        # four), the helper reads the next message, so that work does not
+        # stand between a short reply and this thread.
         helper = self._helper
         assert helper is not None
-        if premarked is not None:
-            marked = premarked[0]
-        else:
-            marked = helper.submit(self.ledger.mark_sending, *message.key)
+        self._settle_writes(wait=False)  # raise the error of an earlier write
+        outcomes, self._unsaved = self._unsaved, []
+        marked = helper.submit(self.ledger.record_and_mark, outcomes, *message.key)
         data_started = False
 
         def before_the_data() -> None:
@@ -567,10 +542,8 @@ class _Run:
             if upcoming is not None:
                 future = helper.submit(self._prepare, upcoming)
                 self._prefetched = (upcoming.key, future)
-                self._premark(upcoming)
 
         try:
-            self._save_outcomes()  # raises if an earlier write failed
             self.attempted += 1
             delivery = client.send(envelope, before_the_data, while_the_server_takes_it)
         except SmtpConnectionError as exc:
@@ -620,22 +593,6 @@ class _Run:
         except BatchError:
             return  # the mark was refused: nothing to put back
         self.ledger.unmark(*message.key, self._rows[message.key].state)
-
-    def _premark(self, upcoming: _Message) -> None:
-        """Commit the next message's `sending` while the server takes this one.
-
-        The fsync then costs no wall time: on loopback it takes longer than the
-        MAIL, RCPT and DATA round trips it would otherwise overlap. The price:
-        a kill in between leaves the next message marked too, and a rerun
-        reports it uncertain although nothing of it was sent. Not done under a
-        rate limit, where the mark would stand for the whole pause.
-        """
-        if upcoming.key in self._premarked or self.pacer.limited:
-            return
-        assert self._helper is not None
-        prior = self._rows[upcoming.key].state
-        marked = self._helper.submit(self.ledger.mark_sending, *upcoming.key)
-        self._premarked[upcoming.key] = (marked, prior)
 
     def _envelope(self, message: _Message) -> Envelope:
         prefetched, self._prefetched = self._prefetched, None

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import smtplib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -422,25 +423,30 @@ def test_an_interrupt_before_a_marked_message_goes_out_puts_its_mark_back(
     assert found[second] is MessageState.PENDING
 
 
-@pytest.mark.parametrize("failing_write", [1, 2, 3])
+@pytest.mark.parametrize("failing_write", [1, 2, 3, 6])
 def test_a_failed_ledger_write_leaves_no_unsent_message_marked(
     batch: Path, monkeypatch: pytest.MonkeyPatch, failing_write: int
 ) -> None:
-    recorded = Ledger.record
-    calls = []
+    writes = 0
 
-    def record_or_fail(self: Ledger, *args: Any) -> None:
-        calls.append(args)
-        if len(calls) == failing_write:
-            raise BatchError("disk full (simulated)")
-        recorded(self, *args)
+    def failing(method: Callable[..., None]) -> Callable[..., None]:
+        def write(self: Ledger, *args: Any) -> None:
+            nonlocal writes
+            writes += 1
+            if writes == failing_write:
+                raise BatchError("disk full (simulated)")
+            method(self, *args)
 
-    monkeypatch.setattr(Ledger, "record", record_or_fail)
+        return write
+
+    for name in ("record", "record_and_mark"):
+        monkeypatch.setattr(Ledger, name, failing(getattr(Ledger, name)))
     with smtp_server() as server, pytest.raises(BatchError, match="disk full"):
         send(batch, server)
     received = set(server.handler.ids())
 
-    for message_id, state in states(batch).items():
+    found = states(batch)
+    for message_id, state in found.items():
         if state is MessageState.SENDING:
             # Only a message whose data went out may stay marked (uncertain).
             assert message_id in received, (failing_write, message_id)

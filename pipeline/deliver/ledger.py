@@ -38,6 +38,16 @@ class MessageState(StrEnum):
     UNCERTAIN = "uncertain"
 
 
+_MARK = (
+    "UPDATE messages SET state = ?, updated = ? "
+    "WHERE account_id = ? AND message_id = ? AND state NOT IN (?, ?)"
+)
+_RECORD = (
+    "UPDATE messages SET state = ?, reply = ?, updated = ?, "
+    "sent_at = COALESCE(?, sent_at), attempts = attempts + 1 "
+    "WHERE account_id = ? AND message_id = ? AND state != ?"
+)
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
     account_id TEXT NOT NULL,
@@ -75,13 +85,15 @@ def utc_now() -> str:
 class Ledger:
     """The ledger of one batch folder, held by one sender process at a time.
 
-    Every change is its own transaction. `mark_sending` commits with
-    synchronous=FULL (an fsync): once it returns, not even a power cut takes the
-    `sending` state back. `record` commits with synchronous=NORMAL: it survives
-    the process being killed, and the next FULL commit makes it durable too; a
-    power cut in between can only roll a row back to `sending`, which the next
-    run reports as uncertain and never sends again on its own. That saves one
-    fsync per message (about 0.6 ms, a fifth of a message's time on loopback).
+    `record_and_mark` (and `mark_sending`) commit with synchronous=FULL (an
+    fsync): once it returns, not even a power cut takes the `sending` state
+    back. A sender stores the outcome of one message in the same transaction
+    as the next message's mark, so a message costs one fsync. `record` alone
+    (before a pause, at the end of a run) commits with synchronous=NORMAL: it
+    survives the process being killed, and the next FULL commit makes it
+    durable too; a power cut in between can only roll a row back to
+    `sending`, which the next run reports as uncertain and never sends again
+    on its own.
 
     The methods may be called from more than one thread, one call at a time.
     """
@@ -168,8 +180,7 @@ class Ledger:
     def mark_sending(self, account_id: str, message_id: str) -> None:
         """Commit `sending` before the message data goes out; refuse a sent row."""
         cursor = self._execute(
-            "UPDATE messages SET state = ?, updated = ? "
-            "WHERE account_id = ? AND message_id = ? AND state NOT IN (?, ?)",
+            _MARK,
             (
                 MessageState.SENDING,
                 self._clock(),
@@ -181,6 +192,40 @@ class Ledger:
             synchronous="FULL",
         )
         if cursor.rowcount != 1:
+            raise BatchError(
+                f"ledger {str(self.path)!r}: message {message_id} of account "
+                f"{account_id} is not ready to send (sent already, or unknown)"
+            )
+
+    def record_and_mark(
+        self,
+        outcomes: list[tuple[tuple[str, str], MessageState, str]],
+        account_id: str,
+        message_id: str,
+    ) -> None:
+        """Store earlier outcomes and commit `sending` for the next message, in
+        one fsynced transaction. The outcomes are kept even when the mark is
+        refused (the row is sent already, or unknown), which then raises."""
+        now = self._clock()
+        with self._write() as db:
+            for (account, message), state, reply in outcomes:
+                sent_at = now if state is MessageState.SENT else None
+                db.execute(
+                    _RECORD,
+                    (state, reply, now, sent_at, account, message, MessageState.SENT),
+                )
+            marked = db.execute(
+                _MARK,
+                (
+                    MessageState.SENDING,
+                    now,
+                    account_id,
+                    message_id,
+                    MessageState.SENT,
+                    MessageState.SENDING,
+                ),
+            ).rowcount
+        if marked != 1:
             raise BatchError(
                 f"ledger {str(self.path)!r}: message {message_id} of account "
                 f"{account_id} is not ready to send (sent already, or unknown)"
@@ -202,9 +247,7 @@ class Ledger:
         now = self._clock()
         sent_at = now if state is MessageState.SENT else None
         self._execute(
-            "UPDATE messages SET state = ?, reply = ?, updated = ?, "
-            "sent_at = COALESCE(?, sent_at), attempts = attempts + 1 "
-            "WHERE account_id = ? AND message_id = ? AND state != ?",
+            _RECORD,
             (state, reply, now, sent_at, account_id, message_id, MessageState.SENT),
             synchronous="NORMAL",
         )
