@@ -8,6 +8,7 @@ import email.policy
 import re
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 
 import pytest
 
@@ -309,8 +310,11 @@ def test_what_an_email_body_may_hold_is_not_refused() -> None:
             "<set>",
         ),
         ("<script>fetch('/x')</script>", "<script>"),
-        # Markup it cannot read is refused, not passed over or crashed on.
-        ("<!-- <![ note ] --><p>x</p>", "markup"),
+        # Comments are read as markup, as Outlook reads conditional ones.
+        (
+            '<!--[if mso]><v:image src="https://e.example/o.gif"/><![endif]-->',
+            "<v:image src>",
+        ),
         # A quote in a CSS comment or an escaped one in a string ends nothing.
         (
             "<style>/* don't */ p{background:url(https://e.example/p.png)}</style>",
@@ -323,12 +327,12 @@ def test_what_an_email_body_may_hold_is_not_refused() -> None:
         # Every occurrence of a repeated attribute counts.
         ('<img src="https://e.example/p.png" src="cid:qr@example.com">', "<img src>"),
         (
-            '<td style="background:url(https://e.example/p.png)" style="color:red">',
+            '<div style="background:url(https://e.example/p.png)" style="color:red">',
             "CSS",
         ),
         # Event handlers, and url() in SVG presentation attributes.
         ('<img src="cid:qr@example.com" onerror="fetch(1)">', "<img onerror>"),
-        ('<svg><rect fill="url(https://e.example/x.svg#g)"/></svg>', "CSS"),
+        ('<svg><rect fill="url(https://e.example/x.svg#g)"/></svg>', "<rect fill>"),
     ],
 )
 def test_references_a_browser_would_follow_are_refused(html: str, where: str) -> None:
@@ -345,8 +349,19 @@ def test_references_a_browser_would_follow_are_refused(html: str, where: str) ->
         "</style>",
         "<!--[if !mso]><!--><p>shown</p><!--<![endif]-->",
         '<p style="background: url(cid:bg@example.com)">.</p>',
+        '<img src="cid:qr@example.com" alt="see url(x) here" title="Call url(555)">',
+        "<!-- <![ note ] --><p>an odd comment</p>",
     ],
-    ids=["format-detection", "css", "not-mso", "cid-background"],
+    ids=["format-detection", "css", "not-mso", "cid-background", "text", "comment"],
 )
 def test_email_boilerplate_is_not_a_reference(html: str) -> None:
     assert first_refused(html) is None
+
+
+def test_markup_that_names_a_file_is_not_read_from_disk(tmp_path: Path) -> None:
+    # A short string that names a file is a path to tinyhtml5.parse: a comment
+    # or srcdoc holding one must be read as the text it is.
+    trap = tmp_path / "trap.html"
+    trap.write_text('<img src="https://e.example/read-from-disk.gif">')
+    assert first_refused(f"<p>x</p><!--{trap}-->") is None
+    assert first_refused(f'<iframe srcdoc="{trap}"></iframe>') is None
