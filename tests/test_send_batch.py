@@ -452,6 +452,38 @@ def test_a_failed_ledger_write_leaves_no_unsent_message_marked(
             assert message_id in received, (failing_write, message_id)
 
 
+def test_a_failed_mark_keeps_the_outcome_it_carried(
+    batch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction of message 3's mark also holds message 2's outcome; if
+    it fails, that outcome is still stored, on its own."""
+    ids = message_ids(batch)
+    transaction = Ledger._record_and_mark
+    transactions = 0
+
+    def third_fails(self: Ledger, *args: Any) -> bool:
+        nonlocal transactions
+        transactions += 1
+        if transactions == 3:
+            raise BatchError("disk full (simulated)")
+        return transaction(self, *args)
+
+    monkeypatch.setattr(Ledger, "_record_and_mark", third_fails)
+    with smtp_server() as server:
+        with pytest.raises(BatchError, match="disk full"):
+            send(batch, server)
+        received = server.handler.ids()
+
+    rows = {key[1]: row for key, row in read_ledger(batch).items()}
+    assert [rows[m].state for m in ids[:3]] == [
+        MessageState.SENT,
+        MessageState.SENT,  # its outcome rode with message 3's failed mark
+        MessageState.PENDING,  # never marked, never sent
+    ]
+    assert rows[ids[1]].attempts == 1
+    assert ids[2] not in received
+
+
 def test_no_server_leaves_everything_pending(batch: Path) -> None:
     with smtp_server() as server:
         settings = SmtpSettings.from_url(server.url(), allow_plaintext=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import os
@@ -207,6 +208,29 @@ class Ledger:
         one fsynced transaction. The outcomes are kept even when the mark is
         refused (the row is sent already, or unknown), which then raises."""
         now = self._clock()
+        try:
+            marked = self._record_and_mark(outcomes, account_id, message_id, now)
+        except BatchError:
+            # The transaction failed and took the outcomes with it: store them
+            # on their own if the ledger still takes writes, then stop.
+            for (account, message), state, reply in outcomes:
+                with contextlib.suppress(BatchError):
+                    self.record(account, message, state, reply)
+            raise
+        if not marked:
+            raise BatchError(
+                f"ledger {str(self.path)!r}: message {message_id} of account "
+                f"{account_id} is not ready to send (sent already, or unknown)"
+            )
+
+    def _record_and_mark(
+        self,
+        outcomes: list[tuple[tuple[str, str], MessageState, str]],
+        account_id: str,
+        message_id: str,
+        now: str,
+    ) -> bool:
+        """One transaction; whether the mark was made (the outcomes always are)."""
         with self._write() as db:
             for (account, message), state, reply in outcomes:
                 sent_at = now if state is MessageState.SENT else None
@@ -225,11 +249,7 @@ class Ledger:
                     MessageState.SENDING,
                 ),
             ).rowcount
-        if marked != 1:
-            raise BatchError(
-                f"ledger {str(self.path)!r}: message {message_id} of account "
-                f"{account_id} is not ready to send (sent already, or unknown)"
-            )
+        return marked == 1
 
     def unmark(self, account_id: str, message_id: str, state: MessageState) -> None:
         """Put back a `sending` mark that was never followed by any data."""
