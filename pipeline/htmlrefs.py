@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import re
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
@@ -72,7 +72,9 @@ _SVG = "{http://www.w3.org/2000/svg}"
 # Elements whose text is not the body's text.
 _NOT_TEXT = frozenset({"head", "script", "style", "title", "template"})
 # SVG animation can set an attribute (a link's href) to any value later.
-_ANIMATION = frozenset({"set", "animate", "animatemotion", "animatetransform"})
+_ANIMATION = frozenset(
+    {"set", "animate", "animatemotion", "animatetransform", "animatecolor", "discard"}
+)
 # Comments and srcdoc are read as markup (Outlook reads conditional
 # comments), to this depth.
 _MAX_DEPTH = 4
@@ -81,11 +83,18 @@ _MAX_DEPTH = 4
 _REFRESH = re.compile(
     r"""^\s*[\d.]*\s*[;,]?\s*(?:url\s*=\s*)?['"]?([^'"]*)""", re.IGNORECASE
 )
-_FETCHABLE = re.compile(r"\s*(?:https?:|ftp:|file:|data:|//)", re.IGNORECASE)
+# CSS functions whose bare strings are images to load.
+_IMAGE_FUNCTIONS = frozenset({"image-set", "-webkit-image-set", "image", "cross-fade"})
+# Above this, a body is refused unread: the parser's time grows faster than
+# its size, and Gmail clips a body near 102 KB anyway.
+MAX_HTML_CHARS = 200_000
 
 
 def scan_html(html: str) -> HtmlScan:
     scan = HtmlScan()
+    if len(html) > MAX_HTML_CHARS:
+        scan.refused.append(("HTML", f"a body over {MAX_HTML_CHARS:,} characters"))
+        return scan
     _read(html, scan, depth=0, text=True)
     return scan
 
@@ -142,55 +151,70 @@ def _is_comment(element: ElementTree.Element) -> bool:
 
 
 def _texts(root: ElementTree.Element) -> list[str]:
-    """The body's text in document order, without head, script and style."""
+    """The body's text in document order, without head, script and style.
+
+    A loop with its own stack: markup may nest deeper than Python recurses.
+    """
     found: list[str] = []
-
-    def walk(element: ElementTree.Element) -> None:
-        tag = str(element.tag).rpartition("}")[2].lower()
-        if _is_comment(element) or tag in _NOT_TEXT:
-            return
-        if element.text:
-            found.append(element.text)
-        for child in element:
-            walk(child)
-            if child.tail:
-                found.append(child.tail)
-
-    walk(root)
+    stack: list[ElementTree.Element | str] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)  # a tail, after its element's content
+            continue
+        tag = str(item.tag).rpartition("}")[2].lower()
+        if _is_comment(item) or tag in _NOT_TEXT:
+            if item.tail:
+                stack.append(item.tail)
+            continue
+        if item.tail:
+            stack.append(item.tail)
+        stack.extend(reversed(list(item)))
+        if item.text:
+            stack.append(item.text)
     return found
 
 
 def css_urls(css: str) -> list[str]:
     """The URLs a stylesheet, a style attribute or a presentation attribute
-    loads: url(...), @import, and the strings of image-set() or any string
-    naming a place with a scheme."""
-    tokens = tinycss2.parse_component_value_list(css, skip_comments=True)
-    return list(_token_urls(tokens, in_image_set=False))
-
-
-def _token_urls(tokens: Iterable[Any], *, in_image_set: bool) -> Iterator[str]:
-    previous_import = False
-    for token in tokens:
+    loads: url(...) and src(...), @import, and the strings of image-set()
+    and its kin. A loop with its own stack: blocks may nest deeper than
+    Python recurses."""
+    found: list[str] = []
+    # (tokens left, strings are URLs here, the last token was @import)
+    stack: list[tuple[Iterator[Any], bool, list[bool]]] = [
+        (
+            iter(tinycss2.parse_component_value_list(css, skip_comments=True)),
+            False,
+            [False],
+        )
+    ]
+    while stack:
+        tokens, strings_are_urls, after_import = stack[-1]
+        token = next(tokens, None)
+        if token is None:
+            stack.pop()
+            continue
         kind = token.type
         if kind == "url":
-            yield token.value.strip()
+            found.append(token.value.strip())
         elif kind == "string":
-            if previous_import or in_image_set or _FETCHABLE.match(token.value):
-                yield token.value.strip()
+            if strings_are_urls or after_import[0]:
+                found.append(token.value.strip())
         elif kind == "function":
             name = token.lower_name
             if name in ("url", "src"):
                 strings = [t for t in token.arguments if t.type == "string"]
-                yield from (t.value.strip() for t in strings[:1])
-                rest = [t for t in token.arguments if t not in strings[:1]]
-                yield from _token_urls(rest, in_image_set=False)
+                found += [t.value.strip() for t in strings[:1]]
+                rest = [t for t in token.arguments if t is not (strings or [None])[0]]
+                stack.append((iter(rest), False, [False]))
             else:
-                image_set = name in ("image-set", "-webkit-image-set")
-                yield from _token_urls(token.arguments, in_image_set=image_set)
+                stack.append((iter(token.arguments), name in _IMAGE_FUNCTIONS, [False]))
         elif kind in ("() block", "[] block", "{} block"):
-            yield from _token_urls(token.content, in_image_set=in_image_set)
+            stack.append((iter(token.content), strings_are_urls, [False]))
         if kind not in ("whitespace", "comment"):
-            previous_import = kind == "at-keyword" and token.lower_value == "import"
+            after_import[0] = kind == "at-keyword" and token.lower_value == "import"
+    return found
 
 
 def html_urls(scan: HtmlScan) -> list[tuple[str, str]]:

@@ -365,3 +365,25 @@ def test_markup_that_names_a_file_is_not_read_from_disk(tmp_path: Path) -> None:
     trap.write_text('<img src="https://e.example/read-from-disk.gif">')
     assert first_refused(f"<p>x</p><!--{trap}-->") is None
     assert first_refused(f'<iframe srcdoc="{trap}"></iframe>') is None
+
+
+@pytest.mark.parametrize(
+    "html",
+    ["<div>" * 5000, '<p style="' + "(" * 5000 + '">.</p>'],
+    ids=["nested-markup", "nested-css"],
+)
+def test_deep_nesting_is_read_without_recursing(html: str) -> None:
+    assert first_refused(html) is None
+
+
+def test_a_body_too_large_to_read_is_refused_unread() -> None:
+    refused = first_refused("<p>" + "x" * 250_000 + "</p>")
+    assert refused == ("HTML", "a body over 200,000 characters")
+
+
+def test_css_strings_that_are_not_loaded_are_not_urls() -> None:
+    css = (
+        '<style>a[href^="https:"] { color: red } p::after { content: "http://x" }'
+        ' @namespace svg "http://www.w3.org/2000/svg";</style>'
+    )
+    assert first_refused(css) is None
