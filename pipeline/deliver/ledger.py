@@ -180,23 +180,7 @@ class Ledger:
 
     def mark_sending(self, account_id: str, message_id: str) -> None:
         """Commit `sending` before the message data goes out; refuse a sent row."""
-        cursor = self._execute(
-            _MARK,
-            (
-                MessageState.SENDING,
-                self._clock(),
-                account_id,
-                message_id,
-                MessageState.SENT,
-                MessageState.SENDING,
-            ),
-            synchronous="FULL",
-        )
-        if cursor.rowcount != 1:
-            raise BatchError(
-                f"ledger {str(self.path)!r}: message {message_id} of account "
-                f"{account_id} is not ready to send (sent already, or unknown)"
-            )
+        self.record_and_mark([], account_id, message_id)
 
     def record_and_mark(
         self,
