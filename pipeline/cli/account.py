@@ -151,7 +151,8 @@ def unlock_command(
     \b
     Examples:
       keymail unlock --email ada.lovelace@example.com \\
-          --registry output/demo/registry.sqlite3 --qr output/demo/<account_id>/qr.png
+          --registry output/demo/registry.sqlite3 --keystore output/device \\
+          --qr output/demo/<account_id>/qr.png
       keymail unlock --email ada.lovelace@example.com \\
           --registry output/demo/registry.sqlite3 --password-file ada.pw \\
           --pdf output/demo/<account_id>/kit.pdf
@@ -252,7 +253,7 @@ def reset_password_command(
 
     \b
     Examples:
-      keymail reset-password --email ada.lovelace@example.com \\
+      keymail reset-password --email jose.garcia@example.org \\
         --registry output/demo/registry.sqlite3 --new-password-file new.pw \\
         --out output/reset
     """

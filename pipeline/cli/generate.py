@@ -109,12 +109,15 @@ def generate_command(
 
     \b
     Examples:
-      keymail generate fixtures/accounts.csv --out output/demo
+      keymail generate fixtures/accounts.csv --out output/g1 \\
+          --registry output/g1/registry.sqlite3
+      keymail generate fixtures/accounts.csv --out output/g1 \\
+          --registry output/g1/registry.sqlite3 --resume
       keymail generate fixtures/accounts.jsonl --secrets fixtures/secrets.csv \\
-          --out output/demo3 --workers 4
-      keymail generate fixtures/accounts.csv --out output/demo --resume
-      keymail generate fixtures/accounts.csv --send --smtp smtp://127.0.0.1:2525 \\
-          --allow-plaintext
+          --out output/g2 --registry output/g2/registry.sqlite3 --workers 4
+      keymail generate fixtures/accounts.csv --out output/g3 \\
+          --registry output/g3/registry.sqlite3 \\
+          --send --smtp smtp://127.0.0.1:2525 --allow-plaintext
     """
     from pipeline.batch import BatchOptions, run_batch
 

@@ -153,8 +153,8 @@ def send_command(
 
     \b
     Examples:
-      keymail send output/demo --smtp smtp://mailer@smtp.example.com:587 --dry-run
-      KEYMAIL_SMTP_PASSWORD=... keymail send output/demo \\
+      keymail send output/demo3 --dry-run
+      KEYMAIL_SMTP_PASSWORD=... keymail send output/demo3 \\
           --smtp smtp://mailer@smtp.example.com:587 --rate 10 --json report.json
     """
     try:
