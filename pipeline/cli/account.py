@@ -209,7 +209,7 @@ def change_password_command(
 
     \b
     Examples:
-      keymail change-password --email ada.lovelace@example.com \\
+      keymail change-password --email jose.garcia@example.org \\
         --registry output/demo/registry.sqlite3 \\
         --qr output/demo/<account_id>/qr.png --old-password-file old.pw \\
         --new-password-file new.pw --out output/change
