@@ -551,7 +551,7 @@ def _open_batch(options: BatchOptions) -> dict[str, Any]:
             "keymail_version": __version__,
             **wanted,
         }
-        atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+        _write_meta(out, meta)
         # Both files exist from the start, empty until a record lands there,
         # so a script can read them whatever happened to the records.
         atomic_write_many(out, {MANIFEST: b"", REJECTS: b""})
@@ -576,8 +576,12 @@ def _open_batch(options: BatchOptions) -> dict[str, Any]:
         # This run may go further than the one that finished (a larger
         # --limit); until it ends, the batch is not finished.
         meta = {k: v for k, v in meta.items() if k not in ("finished", "limit")}
-        atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+        _write_meta(out, meta)
     return dict(meta)
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def finish_batch(out: Path, meta: dict[str, Any], *, limit: int | None) -> None:
@@ -588,7 +592,7 @@ def finish_batch(out: Path, meta: dict[str, Any], *, limit: int | None) -> None:
     """
     finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     meta = {**meta, "finished": finished, "limit": limit}
-    atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    _write_meta(out, meta)
 
 
 def _run_settings(options: BatchOptions) -> dict[str, Any]:
@@ -617,7 +621,7 @@ def open_single_batch(out: Path, reason: str, registry: Path) -> dict[str, Any]:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "keymail_version": __version__,
     }
-    atomic_write(out / BATCH_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    _write_meta(out, meta)
     atomic_write_many(out, {MANIFEST: b"", REJECTS: b""})
     return meta
 

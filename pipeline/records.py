@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import email_validator
 
@@ -82,15 +82,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
 def check_header(path: Path) -> None:
     """Refuse a records file whose format or CSV header is wrong, before any work."""
     if detect_format(path) == "csv":
-        with _open_text(path) as handle:
-            _csv_columns(path, next(_physical_lines(handle), (1, ""))[1])
-
-
-def _open_text(path: Path) -> TextIO:
-    # Universal newlines: a record ends at \n, \r\n or \r, whichever the file
-    # uses. surrogateescape: a byte that is not UTF-8 survives decoding as a
-    # lone surrogate, so only that record is refused, not the file.
-    return path.open(encoding="utf-8-sig", errors="surrogateescape")
+        _csv_columns(path, next(_csv_lines(path), (1, ""))[1])
 
 
 def _csv_columns(path: Path, header_line: str | None) -> list[str]:
@@ -111,21 +103,26 @@ def _csv_columns(path: Path, header_line: str | None) -> list[str]:
     return header
 
 
-def _physical_lines(handle: TextIO) -> Iterator[tuple[int, str | None]]:
-    """(number, text) of each line, without its line break; None for a line
-    longer than MAX_LINE_BYTES characters, which is skipped unread."""
-    number = 0
-    while True:
-        text = handle.readline(MAX_LINE_BYTES + 1)
-        if not text:
-            return
-        number += 1
-        if len(text) > MAX_LINE_BYTES and not text.endswith("\n"):
-            while text and not text.endswith("\n"):
-                text = handle.readline(MAX_LINE_BYTES)
+def _csv_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """(number, text) of each line of a CSV file, without its line end and the
+    byte order mark; None for a line longer than MAX_LINE_BYTES characters.
+
+    Split by `_raw_lines`, the splitter SecretsFile counts lines with, so a
+    line number means the same line to both. surrogateescape: a byte that is
+    not UTF-8 survives as a lone surrogate, so only that record is refused.
+    """
+    for number, _, data in _raw_lines(path, "csv"):
+        if data is None:
             yield number, None
             continue
-        yield number, text.removesuffix("\n")
+        text = data.decode("utf-8", "surrogateescape")
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        for end in ("\r\n", "\n", "\r"):
+            if text.endswith(end):
+                text = text[: -len(end)]
+                break
+        yield number, text
 
 
 UNCLOSED = "unclosed"
@@ -147,29 +144,28 @@ def parse_csv_line(text: str) -> list[str] | str:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordError]]:
-    with _open_text(path) as handle:
-        lines = _physical_lines(handle)
-        columns = _csv_columns(path, next(lines, (1, None))[1])
-        for number, text in lines:
-            if text is None:
-                yield number, RecordError(number, "line", "longer than 16 KiB")
-                continue
-            if not text.strip():
-                continue
-            values = parse_csv_line(text)
-            if values == UNCLOSED:
-                # The lines after it are read as records of their own: what
-                # the quote would have swallowed is refused or made, not lost.
-                yield number, _unclosed(number, text, columns)
-                continue
-            if isinstance(values, str):
-                yield number, RecordError(number, "line", f"not valid CSV: {values}")
-                continue
-            if len(values) != len(columns):
-                reason = f"{len(values)} values for {len(columns)} columns"
-                yield number, RecordError(number, "line", reason)
-                continue
-            yield number, dict(zip(columns, values, strict=True))
+    lines = _csv_lines(path)
+    columns = _csv_columns(path, next(lines, (1, None))[1])
+    for number, text in lines:
+        if text is None:
+            yield number, RecordError(number, "line", "longer than 16 KiB")
+            continue
+        if not text.strip():
+            continue
+        values = parse_csv_line(text)
+        if values == UNCLOSED:
+            # The lines after it are read as records of their own: what
+            # the quote would have swallowed is refused or made, not lost.
+            yield number, _unclosed(number, text, columns)
+            continue
+        if isinstance(values, str):
+            yield number, RecordError(number, "line", f"not valid CSV: {values}")
+            continue
+        if len(values) != len(columns):
+            reason = f"{len(values)} values for {len(columns)} columns"
+            yield number, RecordError(number, "line", reason)
+            continue
+        yield number, dict(zip(columns, values, strict=True))
 
 
 def _unclosed(number: int, text: str, columns: list[str]) -> RecordError:

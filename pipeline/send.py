@@ -570,10 +570,7 @@ class _Run:
         """The message's envelope; None when it must not go out (its outcome
         is then recorded): a code no longer current, or a file that fails its
         checks."""
-        current = self.options.current
-        stale = current and current(
-            message.account_id, message.key_generation, message.password_epoch
-        )
+        stale = _stale(self.options, message)
         if stale:
             self._settle(message, MessageState.FAILED_PERMANENT, stale)
             return None
@@ -648,12 +645,12 @@ class _Run:
     def _record(
         self, message: _Message, state: MessageState, reply: str, *, now: bool = False
     ) -> None:
-        """Save an outcome: `now`, or after the next message's `sending` commit.
+        """Save an outcome: `now`, or with the next message's `sending` commit.
 
-        A last outcome waits so that the next message's commit goes first: it
-        is the one the server waits for. It waits microseconds, unless nothing
-        follows at once, when it is saved before any sleep. An outcome the same
-        message will be retried after is saved `now`, before its next attempt.
+        A last outcome rides in the same fsynced transaction as the next
+        message's mark, unless nothing follows at once, when it is saved
+        before any sleep or at the end of the run. An outcome the same message
+        will be retried after is saved `now`, before its next attempt.
         """
         row = self._rows[message.key]
         self._rows[message.key] = replace(row, state=state, attempts=row.attempts + 1)
@@ -688,10 +685,6 @@ class _Pacer:
         self._clock = clock
         self._next = float("-inf")
 
-    @property
-    def limited(self) -> bool:
-        return self._interval > 0 or self._window is not None
-
     def delay(self) -> float:
         """Seconds until the next attempt may start."""
         now = self._clock.monotonic()
@@ -712,6 +705,14 @@ class _Pacer:
         if window is not None and len(window) == window.maxlen:
             start = max(start, window[0] + 60.0)
         return start
+
+
+def _stale(options: _Options, message: _Message) -> str | None:
+    """Why the message's code is no longer the account's, or None."""
+    current = options.current
+    if current is None:
+        return None
+    return current(message.account_id, message.key_generation, message.password_epoch)
 
 
 def _wanted(state: MessageState, resend_uncertain: bool) -> bool:
@@ -799,10 +800,7 @@ def _planned_action(
     except _Refused as refused:
         if _wanted(state, options.resend_uncertain):
             return "refuse", str(refused), size
-    current = options.current
-    stale = current and current(
-        message.account_id, message.key_generation, message.password_epoch
-    )
+    stale = _stale(options, message)
     if stale and _wanted(state, options.resend_uncertain):
         return "refuse", stale, size
     if state is MessageState.SENT:

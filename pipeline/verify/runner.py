@@ -144,20 +144,18 @@ def _every_record(
     if not missing:
         return CheckResult(name, "pass")
     shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-    if isinstance(limit, int):
-        return CheckResult(
-            name,
-            "fail",
-            f"{len(missing)} record(s) of {records.name} are neither in the "
-            f"manifest nor rejected (line {shown}): the batch was made with "
-            f"--limit {limit}; run keymail generate --resume without it",
-        )
+    hint = (
+        f"the batch was made with --limit {limit}; run keymail generate "
+        "--resume without it"
+        if isinstance(limit, int)
+        else "finish the batch with keymail generate --resume, or give the "
+        "records file it was made from"
+    )
     return CheckResult(
         name,
         "fail",
         f"{len(missing)} record(s) of {records.name} are neither in the manifest "
-        f"nor rejected (line {shown}): finish the batch with keymail generate "
-        "--resume, or give the records file it was made from",
+        f"nor rejected (line {shown}): {hint}",
     )
 
 
